@@ -1,0 +1,249 @@
+"""DDRL-AM (paper 000): an RGB ResNet-18 stream fused with a saliency stream on Grad-CAM maps.
+
+Step 1 fine-tunes a ResNet-18 (the attention network) and computes one Grad-CAM map per image,
+for the ground-truth class in training and the predicted class otherwise; the maps are cached
+per image content and attention-network fingerprint. Step 2 trains the RGB trunk (started from
+the attention network's weights), the SFT stream on the grey map, their element-wise product,
+an FC classifier and a center loss. At inference the map comes from the predicted class.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models
+
+from model.backbones import resnet_trunk
+from model.classifiers.base import (
+    Batch,
+    ParamGroup,
+    Recipe,
+    SceneClassifier,
+    StepOutput,
+    apply_dihedral,
+)
+from model.classifiers.center_loss import CenterLoss, center_optimizer
+from model.classifiers.gradcam import grey_attention_maps
+from model.classifiers.plain import build_resnet_classifier
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CENTER_WEIGHT = 0.5
+DEFAULT_CENTER_LR = 0.5
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, padding: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class SFT(nn.Module):
+    """Saliency stream: Conv64 7x7 s2 p3, BN, ReLU, MaxPool 3x3 s2 p1, then Conv 128/256/512
+    3x3 s2 p1 with BN and ReLU: a 1 x 224 x 224 map becomes 512 x 7 x 7."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            *_conv_bn_relu(1, 64, 7, 2, 3),
+            nn.MaxPool2d(3, stride=2, padding=1),
+            *_conv_bn_relu(64, 128, 3, 2, 1),
+            *_conv_bn_relu(128, 256, 3, 2, 1),
+            *_conv_bn_relu(256, 512, 3, 2, 1),
+        )
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.layers(maps)
+
+
+def trunk_side(image_size: int) -> int:
+    """Side of a ResNet trunk's (and SFT's) output: five stride-2 steps, each rounding up."""
+    side = image_size
+    for _ in range(5):
+        side = (side + 1) // 2
+    return side
+
+
+class GradCamCache:
+    """Grey attention maps on disk (or in memory), keyed by attention-net fingerprint, image
+    content hash and the class they explain ('gt<c>' given, 'pred' predicted)."""
+
+    def __init__(self, directory: Path | None, model_fingerprint: str) -> None:
+        self.directory = None if directory is None else Path(directory) / model_fingerprint
+        self.memory: dict[str, tuple[np.ndarray, int]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, key: str) -> Path | None:
+        return None if self.directory is None else self.directory / f"{key}.npz"
+
+    def get(self, key: str) -> tuple[np.ndarray, int] | None:
+        if key in self.memory:
+            self.hits += 1
+            return self.memory[key]
+        path = self._path(key)
+        if path is not None and path.is_file():
+            with np.load(path) as data:
+                entry = (data["map"].astype(np.float32), int(data["cls"]))
+            self.memory[key] = entry
+            self.hits += 1
+            return entry
+        self.misses += 1
+        return None
+
+    def put(self, key: str, grey: np.ndarray, cls: int) -> None:
+        self.memory[key] = (grey.astype(np.float32), cls)
+        path = self._path(key)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.stem + ".tmp.npz")
+            np.savez(tmp, map=grey.astype(np.float16), cls=np.int64(cls))
+            tmp.replace(path)
+
+
+class DDRLAM(SceneClassifier):
+    """Attention network (frozen), RGB trunk, SFT, product fusion, FC, center loss."""
+
+    method = "ddrl-am"
+
+    def __init__(self, config: dict[str, Any], attention_net: models.ResNet) -> None:
+        super().__init__(config)
+        num_classes = int(config["num_classes"])
+        side = trunk_side(int(config["image_size"]))
+        self.center_weight = float(config.get("center_weight", DEFAULT_CENTER_WEIGHT))
+        self.center_lr = float(config.get("center_lr", DEFAULT_CENTER_LR))
+        self.attention_net = attention_net
+        for p in self.attention_net.parameters():
+            p.requires_grad_(False)
+        self.rgb = resnet_trunk(copy.deepcopy(attention_net))
+        for p in self.rgb.parameters():
+            p.requires_grad_(True)
+        self.sft = SFT()
+        self.feature_dim = 512 * side * side
+        self.fc = nn.Linear(self.feature_dim, num_classes)
+        self.center_loss = CenterLoss(num_classes, self.feature_dim)
+        self._center_opt: torch.optim.Optimizer | None = None
+        self.training_maps: torch.Tensor | None = None  # N x S x S, set by the trainer
+        self.map_cache: GradCamCache | None = None
+
+    def train(self, mode: bool = True) -> DDRLAM:
+        super().train(mode)
+        self.attention_net.eval()  # the map maker is fixed: batch-norm in eval mode
+        return self
+
+    def attention_maps(
+        self, images: torch.Tensor, classes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grey Grad-CAM maps (B x H x W) of the attention net for `classes` (else predicted)."""
+        return grey_attention_maps(self.attention_net, self.attention_net.layer4, images, classes)
+
+    def fused_features(self, images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """`X_rgb * X_grey`, flattened (B x 512*h*w)."""
+        return torch.flatten(self.rgb(images) * self.sft(maps.unsqueeze(1)), 1)
+
+    def forward(self, images: torch.Tensor, maps: torch.Tensor | None = None) -> torch.Tensor:
+        if maps is None:
+            maps, _ = self.attention_maps(images)
+        return self.fc(self.fused_features(images, maps))
+
+    def cached_maps(
+        self, images: torch.Tensor, hashes: Sequence[str], classes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Maps through the cache (predicted class when `classes` is None)."""
+        cache = self.map_cache or GradCamCache(None, "uncached")
+        keys = [
+            f"{h}_pred" if classes is None else f"{h}_gt{int(c)}"
+            for h, c in zip(
+                hashes, classes if classes is not None else [0] * len(hashes), strict=True
+            )
+        ]
+        found = [cache.get(k) for k in keys]
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        out = torch.zeros(images.shape[0], images.shape[-2], images.shape[-1])
+        if missing:
+            wanted = None if classes is None else classes[missing]
+            maps, chosen = self.attention_maps(images[missing], wanted)
+            for j, i in enumerate(missing):
+                cache.put(keys[i], maps[j].cpu().numpy(), int(chosen[j]))
+                out[i] = maps[j].cpu()
+        for i, entry in enumerate(found):
+            if entry is not None:
+                out[i] = torch.from_numpy(entry[0])
+        return out.to(images.device)
+
+    def evaluation_logits(self, images: torch.Tensor, hashes: Sequence[str]) -> torch.Tensor:
+        """Logits with the predicted-class maps taken from (and added to) the cache."""
+        return self(images, self.cached_maps(images, hashes))
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        if self.training_maps is None:
+            raise RuntimeError("DDRL-AM needs its training maps (set training_maps) first")
+        maps = self.training_maps[batch.indices.cpu()]
+        if batch.dihedral:  # the image's rotation/flip, applied to its map
+            maps = torch.stack(
+                [apply_dihedral(m, d) for m, d in zip(maps, batch.dihedral, strict=True)]
+            )
+        features = self.fused_features(batch.images, maps.to(batch.images.device))
+        logits = self.fc(features)
+        ce = F.cross_entropy(logits, batch.labels)
+        center = self.center_loss(features, batch.labels)
+        loss = ce + self.center_weight * center
+        return StepOutput(
+            loss, logits, {"ce": float(ce.detach()), "center": float(center.detach())}
+        )
+
+    def param_groups(self) -> list[ParamGroup]:
+        """Paper: RGB trunk at 0.1 x the base lr (1e-4), unscheduled; SFT and FC at the base lr
+        (1e-3), x0.1 every 10 epochs. The centers have their own SGD."""
+        return [
+            ParamGroup(list(self.rgb.parameters()), lr_scale=0.1, scheduled=False),
+            ParamGroup(list(self.sft.parameters()) + list(self.fc.parameters())),
+        ]
+
+    def after_backward(self) -> None:
+        # The centers follow their own SGD on the unweighted center loss (Wen et al.).
+        grad = self.center_loss.centers.grad
+        if grad is not None and self.center_weight > 0:
+            grad.div_(self.center_weight)
+
+    def after_step(self) -> None:
+        if self._center_opt is None:
+            self._center_opt = center_optimizer(self.center_loss, self.center_lr)
+        self._center_opt.step()
+        self._center_opt.zero_grad(set_to_none=True)
+
+    def explain(self, images: torch.Tensor) -> torch.Tensor | None:
+        maps, _ = self.attention_maps(images)
+        return maps
+
+
+def build_ddrl_am(
+    config: dict[str, Any],
+    pretrained: bool = True,
+    weights_path: Path | None = None,
+    attention_net: models.ResNet | None = None,
+) -> tuple[DDRLAM, str]:
+    """DDRL-AM from its config; `attention_net` is the fine-tuned ResNet-18 of step 1 (a fresh,
+    untrained one when rebuilding from a checkpoint, whose weights then overwrite it)."""
+    init = "checkpoint"
+    if attention_net is None:
+        attention_net, init = build_resnet_classifier(
+            config.get("backbone", "resnet18"), int(config["num_classes"]), pretrained, weights_path
+        )
+    return DDRLAM(config, attention_net), init
+
+
+def ddrl_am_recipe(batch_size: int) -> Recipe:
+    """Paper 000: Adam with AMSGrad (0.9, 0.999, 1e-8), lr 1e-3 (trunk 1e-4), x0.1 / 10 epochs."""
+    del batch_size
+    return Recipe("adam-amsgrad", lr=1e-3, weight_decay=0.0, schedule="step", step_epochs=10)
