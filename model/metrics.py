@@ -88,12 +88,17 @@ def evaluate_rankings(
     class_names: Sequence[str],
     ks: Sequence[int] = DEFAULT_KS,
     pr_points: int = 21,
+    queries_in_gallery: bool = False,
 ) -> RetrievalMetrics:
-    """Metrics from full rankings: ranked_ids is Q x G gallery indices, best first."""
+    """Metrics from full rankings: ranked_ids is Q x R gallery indices, best first.
+
+    With `queries_in_gallery` (all-vs-all), each query was removed from its own ranking, so
+    its class has one relevant item fewer in the gallery.
+    """
     rel = relevance_matrix(ranked_ids, query_labels, gallery_labels)
     gallery = np.asarray(gallery_labels)
     counts = {int(c): int((gallery == c).sum()) for c in np.unique(gallery)}
-    totals = np.array([counts.get(int(q), 0) for q in query_labels])
+    totals = np.array([counts.get(int(q), 0) for q in query_labels]) - int(queries_in_gallery)
     aps = np.array([average_precision(rel[i], int(totals[i])) for i in range(len(rel))])
     n_gallery = rel.shape[1]
     map_at_k = {

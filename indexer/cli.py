@@ -1,0 +1,190 @@
+"""`rsir index`, `rsir search`, `rsir evaluate`, `rsir remove`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rsir.settings import get_settings
+
+app = typer.Typer()
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def index(
+    src: Annotated[Path, typer.Argument(help="Folder, .zip, .tar, .tar.gz or GeoTIFF scene.")],
+    checkpoint: Annotated[Path | None, typer.Option(help="Embedder checkpoint.")] = None,
+    index_dir: Annotated[Path | None, typer.Option(help="Where index and DB live.")] = None,
+    db: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the metadata DB.")] = None,
+    index_factory: Annotated[
+        str, typer.Option("--index", help="FAISS factory string: Flat, HNSW32, IVF1024,PQ64.")
+    ] = "Flat",
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    num_workers: Annotated[int | None, typer.Option(help="Decoding processes.")] = None,
+) -> None:
+    """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume)."""
+    from indexer.pipeline import index_source
+    from indexer.store import IndexTrainingError, ModelMismatchError
+    from rsir.progress import progress_bar
+
+    settings = get_settings(
+        checkpoint=checkpoint, index_dir=index_dir, db_url=db, batch_size=batch_size,
+        num_workers=num_workers,
+    )  # fmt: skip
+    if settings.checkpoint is None:
+        raise _fail("no checkpoint: pass --checkpoint or set RSIR_CHECKPOINT")
+    try:
+        with progress_bar(f"indexing {src.name}") as progress:
+            summary = index_source(
+                src,
+                checkpoint_path=settings.checkpoint,
+                index_dir=settings.index_dir,
+                db_url=settings.resolved_db_url(),
+                factory=index_factory,
+                batch_size=settings.batch_size,
+                num_workers=settings.num_workers,
+                device=settings.device,
+                max_pixels=settings.max_pixels,
+                progress=progress,
+            )
+    except (ModelMismatchError, IndexTrainingError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"listed {summary.listed}, added {summary.added}, already indexed "
+        f"{summary.skipped_existing}, corrupt {summary.corrupt}, non-image {summary.non_image}; "
+        f"index holds {summary.index_total} (version {summary.index_version})"
+    )
+    for path, reason in summary.failed[:10]:
+        typer.echo(f"  skipped {path}: {reason}")
+
+
+@app.command()
+def search(
+    image: Annotated[Path, typer.Argument(help="Query image.")],
+    index_dir: Annotated[Path | None, typer.Option()] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Default: the checkpoint that made the index.")
+    ] = None,
+    db: Annotated[str | None, typer.Option()] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1)] = 10,
+    label: Annotated[str | None, typer.Option(help="Only hits of this class.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Rank the indexed images by similarity to IMAGE."""
+    from indexer.search import Searcher
+    from indexer.store import ModelMismatchError
+    from model.imageio import ImageDecodeError, read_image
+
+    settings = get_settings(index_dir=index_dir, db_url=db)
+    try:
+        query = read_image(image, settings.max_pixels)
+        searcher = Searcher.open(
+            settings.index_dir, checkpoint or None, settings.resolved_db_url(), settings.device
+        )
+    except (ModelMismatchError, FileNotFoundError, ImageDecodeError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    hits = searcher.search_images([query], k, label)[0]
+    if as_json:
+        typer.echo(json.dumps([h.to_dict() for h in hits], indent=1))
+        return
+    typer.echo(f"{'rank':>4}  {'score':>6}  {'id':>7}  {'label':<20} path")
+    for rank, hit in enumerate(hits, 1):
+        typer.echo(
+            f"{rank:>4}  {hit.score:6.3f}  {hit.id:>7}  {hit.label or '-':<20} {hit.path}"
+        )
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="Embedder checkpoint.")],
+    out: Annotated[Path, typer.Option(help="Folder for results.json, split.json, pr_curve.png.")],
+    dataset: Annotated[str, typer.Option(help="ucm, nwpu, satrem or folder.")] = "ucm",
+    root: Annotated[Path | None, typer.Option(help="Data root (default RSIR_DATA_ROOT).")] = None,
+    protocol: Annotated[str, typer.Option(help="split or all-vs-all.")] = "split",
+    seed: Annotated[int | None, typer.Option(help="Split seed (default: training's).")] = None,
+    per_class: Annotated[int | None, typer.Option(help="Use N images per class.")] = None,
+) -> None:
+    """mAP, mAP@k, P@k and per-class AP; writes JSON and a PR-curve PNG."""
+    from indexer.evaluate import evaluate_retrieval
+    from rsir.progress import progress_bar
+
+    settings = get_settings()
+    try:
+        with progress_bar("embedding") as progress:
+            results = evaluate_retrieval(
+                checkpoint_path=checkpoint,
+                dataset=dataset,
+                root=root or settings.data_root,
+                out_dir=out,
+                protocol=protocol,
+                seed=seed,
+                per_class=per_class,
+                batch_size=settings.batch_size,
+                num_workers=settings.num_workers,
+                device=settings.device,
+                progress=progress,
+            )
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(format_results_table(results))
+    typer.echo(f"results: {out / 'results.json'}; PR curve: {out / 'pr_curve.png'}")
+
+
+def format_results_table(results: dict) -> str:  # type: ignore[type-arg]
+    """A plain-text table of an evaluation's figures."""
+    lines = [
+        f"dataset {results['dataset']['name']} ({results['dataset']['images']} images), "
+        f"protocol {results['protocol']}, {results['n_queries']} queries x "
+        f"{results['n_gallery']} gallery, init {results['init']}",
+        f"{'k':>5}  {'mAP@k':>7}  {'P@k':>7}",
+    ]
+    for k, value in results["map_at_k"].items():
+        lines.append(f"{k:>5}  {value:7.4f}  {results['precision_at_k'][k]:7.4f}")
+    worst = sorted(results["per_class_ap"].items(), key=lambda kv: kv[1])
+    lines.append("per-class AP: " + ", ".join(f"{c} {v:.3f}" for c, v in worst))
+    lines.append(f"mAP (full ranking): {results['map']:.4f}")
+    return "\n".join(lines)
+
+
+@app.command()
+def remove(
+    ids: Annotated[list[int] | None, typer.Argument(help="Image ids to delete.")] = None,
+    source: Annotated[str | None, typer.Option(help="Delete every image of this source.")] = None,
+    index_dir: Annotated[Path | None, typer.Option()] = None,
+    db: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Delete images from index and DB together, by id or by source."""
+    from sqlalchemy import select
+
+    from indexer.db import ImageRow, make_engine, make_sessionmaker
+    from indexer.sources import canonical_source
+    from indexer.store import IndexStore
+
+    settings = get_settings(index_dir=index_dir, db_url=db)
+    if not ids and source is None:
+        raise _fail("give ids or --source")
+    engine = make_engine(settings.resolved_db_url())
+    wanted = list(ids or [])
+    if source is not None:
+        with make_sessionmaker(engine)() as session:
+            wanted += list(
+                session.scalars(
+                    select(ImageRow.id).where(
+                        ImageRow.source.in_([source, canonical_source(source)])
+                    )
+                )
+            )
+    try:
+        with IndexStore.open(settings.index_dir, engine, writable=True) as store:
+            removed = store.remove(wanted)
+            typer.echo(f"removed {removed} images; index holds {store.ntotal}")
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None

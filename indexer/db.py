@@ -1,0 +1,103 @@
+"""The metadata DB (SQLAlchemy 2): one row per indexed image, and which index version holds it.
+
+The schema is made only by Alembic migrations in `migrations/` (never `create_all`), so that
+SQLite and PostgreSQL deployments evolve the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Engine,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, for created_at columns."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base shared by the indexer's and the service's tables."""
+
+
+class ImageRow(Base):
+    """One indexed image. `id` is its FAISS id; `index_version` the first index file holding it."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("model_fingerprint", "source", "path", name="uq_image"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(1024), index=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
+    model_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    index_version: Mapped[int] = mapped_column(Integer, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IndexVersionRow(Base):
+    """A FAISS index file written to disk. Only the newest committed one is current.
+
+    A version is committed in the same transaction that commits the rows it added or deletes
+    the rows it removed, which is what keeps index and DB in agreement across crashes.
+    """
+
+    __tablename__ = "index_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    filename: Mapped[str] = mapped_column(String(256))
+    model_fingerprint: Mapped[str] = mapped_column(String(64))
+    factory: Mapped[str] = mapped_column(String(256))
+    ntotal: Mapped[int] = mapped_column(Integer)
+    committed: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL and a busy timeout so API and indexer can share it."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]
+    """Sessions that keep loaded objects usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def upgrade_db(url: str, revision: str = "head") -> None:
+    """Run Alembic migrations up to `revision` (creates the schema on an empty DB)."""
+    from alembic import command
+    from alembic.config import Config
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(config, revision)

@@ -1,0 +1,240 @@
+"""Retrieval evaluation (paper 002, section 4.2): embed queries and gallery, rank, score.
+
+Protocols: 'split' (default): queries are the test split, the gallery the train split, so a
+query is never in its own gallery; 'all-vs-all': every image queries all the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from indexer.embedding import EmbeddingModel
+from indexer.plots import plot_pr_curves
+from model.checkpoint import Checkpoint, load_embedder
+from model.datasets import (
+    ImageFolderDataset,
+    LabeledImages,
+    discover_dataset,
+    limit_per_class,
+    save_split,
+    stratified_split,
+)
+from model.device import best_device
+from model.machine import machine_info
+from model.metrics import DEFAULT_KS, RetrievalMetrics, evaluate_rankings
+
+log = logging.getLogger(__name__)
+PROTOCOLS = ("split", "all-vs-all")
+ProgressFn = Callable[[int, int], None]
+
+
+def embed_paths(
+    model: EmbeddingModel,
+    images: LabeledImages,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    progress: ProgressFn | None = None,
+    cache_dir: Path | None = None,
+    fingerprint: str = "",
+) -> np.ndarray:
+    """Descriptors of every image of `images`, cached on disk by model fingerprint + file list."""
+    cache_file = None
+    if cache_dir is not None and fingerprint:
+        key = hashlib.sha256(
+            ("\n".join(str(p) for p in images.paths) + fingerprint).encode()
+        ).hexdigest()[:20]
+        cache_file = cache_dir / f"embeddings-{fingerprint}-{key}.npy"
+        if cache_file.is_file():
+            if progress:
+                progress(len(images), len(images))
+            return np.load(cache_file)
+    loader = DataLoader(
+        ImageFolderDataset(images.paths, images.labels, model.transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+    )
+    chunks = []
+    done = 0
+    for batch, _ in loader:
+        chunks.append(model.embed_tensors(batch))
+        done += len(batch)
+        if progress:
+            progress(done, len(images))
+    vectors = np.vstack(chunks) if chunks else np.zeros((0, model.dim), np.float32)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache_file, vectors)
+    return vectors
+
+
+def rank_gallery(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """Full rankings (Q x G gallery indices, best first) by inner product, exact."""
+    index = faiss.IndexFlatIP(gallery.shape[1])
+    index.add(np.ascontiguousarray(gallery, dtype=np.float32))
+    _, ranked = index.search(np.ascontiguousarray(queries, dtype=np.float32), len(gallery))
+    return ranked  # type: ignore[no-any-return]
+
+
+def retrieval_metrics(
+    queries: np.ndarray,
+    query_labels: Sequence[int],
+    gallery: np.ndarray,
+    gallery_labels: Sequence[int],
+    class_names: Sequence[str],
+    exclude_self: bool = False,
+    chunk: int = 1024,
+) -> RetrievalMetrics:
+    """Metrics over chunks of queries so that memory stays at chunk x gallery."""
+    parts = []
+    for start in range(0, len(queries), chunk):
+        ranked = rank_gallery(queries[start : start + chunk], gallery)
+        if exclude_self:
+            own = np.arange(start, start + len(ranked))[:, None]
+            ranked = ranked[ranked != own].reshape(len(ranked), len(gallery) - 1)
+        parts.append(
+            evaluate_rankings(
+                ranked, query_labels[start : start + chunk], gallery_labels, class_names,
+                queries_in_gallery=exclude_self,
+            )  # fmt: skip
+        )
+    return merge_metrics(parts, query_labels, class_names)
+
+
+def merge_metrics(
+    parts: list[RetrievalMetrics], query_labels: Sequence[int], class_names: Sequence[str]
+) -> RetrievalMetrics:
+    """Combine per-chunk metrics (all are means over queries, so weight by query count)."""
+    if len(parts) == 1:
+        return parts[0]
+    weights = np.array([p.n_queries for p in parts], dtype=float)
+    aps = np.concatenate([p.per_query_ap for p in parts])
+    labels = np.asarray(query_labels)
+
+    def wmean(values: list[float]) -> float:
+        return float(np.dot(values, weights) / weights.sum())
+
+    ks = parts[0].map_at_k.keys()
+    return RetrievalMetrics(
+        map=float(aps.mean()),
+        map_at_k={k: wmean([p.map_at_k[k] for p in parts]) for k in ks},
+        precision_at_k={k: wmean([p.precision_at_k[k] for p in parts]) for k in ks},
+        per_class_ap={class_names[int(c)]: float(aps[labels == c].mean()) for c in np.unique(labels)},
+        per_query_ap=[float(a) for a in aps],
+        pr_recall=parts[0].pr_recall,
+        pr_precision=[
+            float(v) for v in np.average([p.pr_precision for p in parts], axis=0, weights=weights)
+        ],
+        n_queries=int(weights.sum()),
+        n_gallery=parts[0].n_gallery,
+    )
+
+
+def load_eval_images(dataset: str, root: Path, per_class: int | None = None) -> LabeledImages:
+    """The dataset, or a class-balanced subset of it."""
+    images = discover_dataset(dataset, root)
+    for note in images.notes:
+        log.info(note)
+    return limit_per_class(images, per_class) if per_class else images
+
+
+def evaluate_retrieval(
+    *,
+    checkpoint_path: Path,
+    dataset: str,
+    root: Path,
+    out_dir: Path,
+    protocol: str = "split",
+    seed: int | None = None,
+    train_fraction: float | None = None,
+    per_class: int | None = None,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    device: str = "auto",
+    cache_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a dataset; writes results.json, split.json and pr_curve.png.
+
+    The split defaults to the one the checkpoint was trained with (same seed and fraction).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
+    net, ckpt = load_embedder(checkpoint_path)
+    model = EmbeddingModel(net, ckpt.preprocessing, best_device(device))
+    images = load_eval_images(dataset, root, per_class)
+    seed = int(ckpt.extra.get("split_seed", 0)) if seed is None else seed
+    train_fraction = (
+        float(ckpt.extra.get("train_fraction", 0.8)) if train_fraction is None else train_fraction
+    )
+    split = stratified_split(images.labels, train_fraction, seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_split(split, images, out_dir / "split.json")
+
+    vectors = embed_paths(
+        model, images, batch_size, num_workers, progress, cache_dir, ckpt.fingerprint
+    )
+    labels = np.asarray(images.labels)
+    if protocol == "split":
+        q, g = np.asarray(split.test), np.asarray(split.train)
+        metrics = retrieval_metrics(vectors[q], labels[q], vectors[g], labels[g], images.class_names)
+    else:
+        metrics = retrieval_metrics(
+            vectors, labels, vectors, labels, images.class_names, exclude_self=True
+        )
+    results = _results_document(ckpt, checkpoint_path, images, split.seed, train_fraction,
+                                protocol, metrics)  # fmt: skip
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    plot_pr_curves(
+        {f"{ckpt.config.get('backbone')} {'+att' if ckpt.config.get('attention') else ''} "
+         f"{ckpt.config.get('pooling')} (mAP {metrics.map:.3f})":
+             (metrics.pr_recall, metrics.pr_precision)},  # fmt: skip
+        f"{images.name}: {protocol} protocol, {metrics.n_queries} queries, init {ckpt.init}",
+        out_dir / "pr_curve.png",
+    )
+    return results
+
+
+def _results_document(
+    ckpt: Checkpoint,
+    checkpoint_path: Path,
+    images: LabeledImages,
+    seed: int,
+    train_fraction: float,
+    protocol: str,
+    metrics: RetrievalMetrics,
+) -> dict[str, Any]:
+    return {
+        **metrics.summary(),
+        "protocol": protocol,
+        "ks": list(DEFAULT_KS),
+        "model": {
+            "checkpoint": str(Path(checkpoint_path).resolve()),
+            "fingerprint": ckpt.fingerprint,
+            "config": ckpt.config,
+            "image_size": ckpt.preprocessing.image_size,
+            "init": ckpt.init,
+            "trained_on": ckpt.dataset,
+            "epochs": ckpt.extra.get("epochs"),
+        },
+        "init": ckpt.init,
+        "dataset": {
+            "name": images.name,
+            "root": str(images.root),
+            "images": len(images),
+            "classes": len(images.class_names),
+        },
+        "split": {"seed": seed, "train_fraction": train_fraction, "file": "split.json"},
+        "machine": machine_info(),
+        "torch_threads": torch.get_num_threads(),
+    }

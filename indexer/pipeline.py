@@ -1,0 +1,237 @@
+"""Indexing run: list a source, decode on DataLoader workers, embed in batches, add to the store.
+
+Decoding and hashing happen on worker processes while the main process embeds, so reading
+hides behind compute. Entries already in the DB for this model and source are skipped before
+any byte is read, which makes re-runs cheap and interrupted runs resumable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import select
+from torch.utils.data import DataLoader, Dataset
+
+from indexer.db import ImageRow, make_engine, make_sessionmaker, upgrade_db
+from indexer.embedding import EmbeddingModel
+from indexer.sources import Entry, SourceReader, canonical_source, list_entries
+from indexer.store import IndexStore
+from model.checkpoint import load_embedder
+from model.device import best_device
+from model.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+
+log = logging.getLogger(__name__)
+ProgressFn = Callable[[int, int], None]
+MODEL_FILE = "model.json"
+
+
+@dataclass
+class IndexSummary:
+    """What one run did. `failed` lists (path, reason) for the first failures."""
+
+    source: str
+    listed: int = 0
+    added: int = 0
+    skipped_existing: int = 0
+    non_image: int = 0
+    corrupt: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    index_total: int = 0
+    index_version: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Decoded:
+    entry: Entry
+    tensor: torch.Tensor | None
+    content_hash: str
+    width: int
+    height: int
+    error: str | None
+
+
+class _EntryDataset(Dataset[_Decoded]):
+    """Reads, hashes and decodes one entry; a bad one becomes an error record, never a crash."""
+
+    def __init__(
+        self,
+        reader: SourceReader,
+        entries: list[Entry],
+        transform: Callable[..., torch.Tensor],
+        max_pixels: int,
+    ) -> None:
+        self.reader = reader
+        self.entries = entries
+        self.transform = transform
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> _Decoded:
+        entry = self.entries[index]
+        try:
+            data = self.reader.read(entry.path)
+            digest = hashlib.sha256(data).hexdigest()
+            image = decode_image(data, self.max_pixels)
+            return _Decoded(entry, self.transform(image), digest, image.width, image.height, None)
+        except (ImageDecodeError, OSError, KeyError, ValueError) as exc:
+            return _Decoded(entry, None, "", 0, 0, str(exc) or type(exc).__name__)
+
+
+def _collate(items: list[_Decoded]) -> list[_Decoded]:
+    return items
+
+
+def write_model_file(index_dir: Path, checkpoint_path: Path, fingerprint: str) -> None:
+    """Record which checkpoint made the index, so `rsir search` needs no --checkpoint."""
+    (index_dir / MODEL_FILE).write_text(
+        json.dumps({"checkpoint": str(Path(checkpoint_path).resolve()), "fingerprint": fingerprint})
+    )
+
+
+def read_model_file(index_dir: Path) -> dict[str, str] | None:
+    """The checkpoint recorded by the last indexing run, if any."""
+    path = Path(index_dir) / MODEL_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def index_source(
+    source: Path | str,
+    *,
+    checkpoint_path: Path,
+    index_dir: Path,
+    db_url: str | None = None,
+    factory: str = "Flat",
+    batch_size: int = 32,
+    num_workers: int = 2,
+    commit_every: int = 2048,
+    train_size: int = 65536,
+    device: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: ProgressFn | None = None,
+) -> IndexSummary:
+    """Index every new image of `source`; safe to interrupt and re-run."""
+    source_path = Path(source)
+    canonical = canonical_source(source_path)
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    url = db_url or f"sqlite:///{(index_dir / 'metadata.db').resolve()}"
+    upgrade_db(url)
+    engine = make_engine(url)
+    net, ckpt = load_embedder(checkpoint_path)
+    model = EmbeddingModel(net, ckpt.preprocessing, best_device(device))
+    summary = IndexSummary(source=canonical)
+    try:
+        with IndexStore.open(
+            index_dir, engine, ckpt.fingerprint, model.dim, factory, writable=True
+        ) as store:
+            write_model_file(index_dir, checkpoint_path, ckpt.fingerprint)
+            listing = list_entries(source_path)
+            summary.listed = len(listing.entries)
+            summary.non_image = len(listing.non_image)
+            with make_sessionmaker(engine)() as session:
+                known = set(
+                    session.scalars(
+                        select(ImageRow.path).where(
+                            ImageRow.source == canonical,
+                            ImageRow.model_fingerprint == ckpt.fingerprint,
+                        )
+                    )
+                )
+            todo = [e for e in listing.entries if e.path not in known]
+            summary.skipped_existing = len(listing.entries) - len(todo)
+            _embed_and_add(
+                store, model, SourceReader(source_path, index_dir), todo, canonical, summary,
+                batch_size=batch_size, num_workers=num_workers, commit_every=commit_every,
+                train_size=train_size, max_pixels=max_pixels, progress=progress,
+            )  # fmt: skip
+            summary.index_total = store.ntotal
+            summary.index_version = store.version
+    finally:
+        engine.dispose()
+    return summary
+
+
+def _embed_and_add(
+    store: IndexStore,
+    model: EmbeddingModel,
+    reader: SourceReader,
+    todo: list[Entry],
+    canonical: str,
+    summary: IndexSummary,
+    *,
+    batch_size: int,
+    num_workers: int,
+    commit_every: int,
+    train_size: int,
+    max_pixels: int,
+    progress: ProgressFn | None,
+) -> None:
+    if not todo:
+        if progress:
+            progress(0, 0)
+        return
+    loader = DataLoader(
+        _EntryDataset(reader, todo, model.transform, max_pixels),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+    )
+    pending_rows: list[ImageRow] = []
+    pending_vectors: list[np.ndarray] = []
+    done = 0
+
+    def flush(final: bool) -> None:
+        if not pending_rows:
+            return
+        if store.needs_training():
+            if len(pending_rows) < train_size and not final:
+                return  # keep gathering a training sample
+            store.train(np.vstack(pending_vectors))
+        store.add(pending_rows, np.vstack(pending_vectors))
+        summary.added += len(pending_rows)
+        pending_rows.clear()
+        pending_vectors.clear()
+
+    for batch in loader:
+        good = [item for item in batch if item.tensor is not None]
+        for item in batch:
+            if item.error is not None:
+                summary.corrupt += 1
+                if len(summary.failed) < 100:
+                    summary.failed.append((item.entry.path, item.error))
+                log.warning("skipped %s: %s", item.entry.path, item.error)
+        if good:
+            vectors = model.embed_tensors(torch.stack([item.tensor for item in good]))  # type: ignore[misc]
+            pending_vectors.append(vectors)
+            pending_rows.extend(
+                ImageRow(
+                    source=canonical,
+                    path=item.entry.path,
+                    content_hash=item.content_hash,
+                    width=item.width,
+                    height=item.height,
+                    label=item.entry.label,
+                )
+                for item in good
+            )
+        done += len(batch)
+        if len(pending_rows) >= commit_every:
+            flush(final=False)
+        if progress:
+            progress(done, len(todo))
+    flush(final=True)

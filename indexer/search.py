@@ -1,0 +1,100 @@
+"""Query an index: embed the query with the index's own model, FAISS top-k, rows from the DB."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import Engine, select
+
+from indexer.db import ImageRow, make_engine, make_sessionmaker
+from indexer.embedding import EmbeddingModel
+from indexer.pipeline import read_model_file
+from indexer.store import IndexStore
+from model.checkpoint import Checkpoint, load_embedder
+from model.device import best_device
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    id: int
+    score: float
+    source: str
+    path: str
+    label: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def hits_for(engine: Engine, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
+    """Join one row of FAISS results with the DB rows, keeping FAISS's order."""
+    wanted = [int(i) for i in ids if i >= 0]
+    if not wanted:
+        return []
+    with make_sessionmaker(engine)() as session:
+        rows = {r.id: r for r in session.scalars(select(ImageRow).where(ImageRow.id.in_(wanted)))}
+    return [
+        Hit(int(i), float(s), rows[int(i)].source, rows[int(i)].path, rows[int(i)].label)
+        for s, i in zip(scores, ids, strict=True)
+        if int(i) in rows
+    ]
+
+
+class Searcher:
+    """A loaded model + index + DB: the resources a query needs, loaded once."""
+
+    def __init__(self, model: EmbeddingModel, checkpoint: Checkpoint, store: IndexStore) -> None:
+        if checkpoint.fingerprint != store.fingerprint:
+            raise ValueError(
+                f"index was made by model {store.fingerprint}; "
+                f"this checkpoint is model {checkpoint.fingerprint}"
+            )
+        self.model = model
+        self.checkpoint = checkpoint
+        self.store = store
+
+    @classmethod
+    def open(
+        cls,
+        index_dir: Path,
+        checkpoint_path: Path | None = None,
+        db_url: str | None = None,
+        device: str = "auto",
+    ) -> Searcher:
+        """Load the index of `index_dir` and the model that made it (or refuse another one)."""
+        index_dir = Path(index_dir)
+        if checkpoint_path is None:
+            recorded = read_model_file(index_dir)
+            if recorded is None:
+                raise FileNotFoundError(f"no index in {index_dir}: run `rsir index` first")
+            checkpoint_path = Path(recorded["checkpoint"])
+        url = db_url or f"sqlite:///{(index_dir / 'metadata.db').resolve()}"
+        net, ckpt = load_embedder(checkpoint_path)
+        store = IndexStore.open(index_dir, make_engine(url), fingerprint=ckpt.fingerprint)
+        return cls(EmbeddingModel(net, ckpt.preprocessing, best_device(device)), ckpt, store)
+
+    def search_vectors(
+        self, vectors: np.ndarray, k: int = 10, label: str | None = None
+    ) -> list[list[Hit]]:
+        """Top-k hits per query vector; with `label`, only hits of that class."""
+        fetch = k if label is None else max(k * 10, 100)
+        scores, ids = self.store.search(vectors, fetch)
+        results = []
+        for srow, irow in zip(scores, ids, strict=True):
+            hits = hits_for(self.store.engine, srow, irow)
+            if label is not None:
+                hits = [h for h in hits if h.label == label]
+            results.append(hits[:k])
+        return results
+
+    def search_images(
+        self, images: list[Image.Image], k: int = 10, label: str | None = None
+    ) -> list[list[Hit]]:
+        """Top-k hits for each query image (one forward pass for all of them)."""
+        return self.search_vectors(self.model.embed_images(images), k, label)

@@ -1,0 +1,191 @@
+"""Sources of images: a folder, a .zip, a .tar / .tar.gz, or a GeoTIFF scene cut into tiles.
+
+A source lists entries (inner path + label from the layout) cheaply; each entry's bytes are
+read later, on a DataLoader worker, so listing a million files costs no decoding.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import shutil
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from model.datasets import IMAGE_EXTENSIONS
+from model.imageio import array_to_rgb
+
+TILE_PREFIX = "tile_"
+
+
+class SourceError(ValueError):
+    """The source cannot be read at all (missing, unknown kind)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One candidate image inside a source."""
+
+    path: str  # inner path, forward slashes
+    label: str | None
+
+
+def source_kind(source: Path) -> str:
+    """'folder', 'zip', 'tar', 'tar.gz' or 'geotiff' (a single scene cut into tiles)."""
+    name = source.name.lower()
+    if source.is_dir():
+        return "folder"
+    if not source.is_file():
+        raise SourceError(f"source {source} does not exist")
+    if name.endswith((".tar.gz", ".tgz")):
+        return "tar.gz"
+    if name.endswith(".tar"):
+        return "tar"
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith((".tif", ".tiff")):
+        return "geotiff"
+    raise SourceError(f"unknown source kind for {source}: use a folder, .zip, .tar(.gz) or .tif")
+
+
+def canonical_source(source: Path | str) -> str:
+    """The absolute, symlink-resolved path that identifies a source in the DB."""
+    return str(Path(source).resolve())
+
+
+def label_from_path(inner: str) -> str | None:
+    """The class folder of a <class>/<image> layout: the image's parent folder, if any."""
+    parts = PurePosixPath(inner).parts
+    return parts[-2] if len(parts) >= 2 else None
+
+
+def _hidden(inner: str) -> bool:
+    return any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(inner).parts)
+
+
+def _is_image_name(inner: str) -> bool:
+    return PurePosixPath(inner).suffix.lower() in IMAGE_EXTENSIONS
+
+
+@dataclass
+class Listing:
+    """Image entries of a source, and how many other files were passed over."""
+
+    entries: list[Entry]
+    non_image: list[str]
+
+
+def list_entries(source: Path, tile_size: int = 256) -> Listing:
+    """All image entries of a source in a stable order; non-image files are listed apart."""
+    kind = source_kind(source)
+    names: list[str]
+    if kind == "folder":
+        names = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+    elif kind == "zip":
+        with zipfile.ZipFile(source) as archive:
+            names = sorted(i.filename for i in archive.infolist() if not i.is_dir())
+    elif kind in ("tar", "tar.gz"):
+        with tarfile.open(source) as archive:
+            names = sorted(m.name for m in archive.getmembers() if m.isfile())
+    else:
+        return Listing([Entry(t, None) for t in _tile_names(source, tile_size)], [])
+    names = [n for n in names if not _hidden(n)]
+    entries = [Entry(n, label_from_path(n)) for n in names if _is_image_name(n)]
+    non_image = [n for n in names if not _is_image_name(n)]
+    return Listing(entries, non_image)
+
+
+def _tile_names(scene: Path, tile_size: int) -> Iterator[str]:
+    with tifffile.TiffFile(scene) as tif:
+        page = tif.pages[0]
+        height, width = page.imagelength, page.imagewidth  # type: ignore[union-attr]
+    for top in range(0, height - tile_size + 1, tile_size):
+        for left in range(0, width - tile_size + 1, tile_size):
+            yield f"{TILE_PREFIX}{top}_{left}_{tile_size}.png"
+
+
+class SourceReader:
+    """Reads entry bytes; opens archives lazily so that each DataLoader worker has its own handle.
+
+    A .tar.gz is first decompressed to a plain .tar beside `work_dir`, since gzip has no random
+    access and workers read entries out of order.
+    """
+
+    def __init__(self, source: Path, work_dir: Path | None = None) -> None:
+        self.source = Path(source)
+        self.kind = source_kind(self.source)
+        self.work_dir = work_dir
+        self._zip: zipfile.ZipFile | None = None
+        self._tar: tarfile.TarFile | None = None
+        self._tar_members: dict[str, tarfile.TarInfo] | None = None
+        self._scene: np.ndarray | None = None
+        self._tar_path = self._plain_tar() if self.kind == "tar.gz" else self.source
+
+    def _plain_tar(self) -> Path:
+        base = self.work_dir or self.source.parent
+        digest = hashlib.sha256(canonical_source(self.source).encode()).hexdigest()[:12]
+        target = base / f".untar-{digest}.tar"
+        if not target.exists() or target.stat().st_mtime < self.source.stat().st_mtime:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            with gzip.open(self.source, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, length=1 << 20)
+            tmp.replace(target)
+        return target
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state.update(_zip=None, _tar=None, _tar_members=None, _scene=None)
+        return state
+
+    def read(self, inner: str) -> bytes:
+        """The raw bytes of one entry (a PNG for a GeoTIFF tile)."""
+        if self.kind == "folder":
+            target = (self.source / inner).resolve()
+            if not target.is_relative_to(self.source.resolve()):
+                raise SourceError(f"{inner} is outside {self.source}")
+            return target.read_bytes()
+        if self.kind == "zip":
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.source)
+            return self._zip.read(inner)
+        if self.kind in ("tar", "tar.gz"):
+            if self._tar is None:
+                self._tar = tarfile.open(self._tar_path)
+                self._tar_members = {m.name: m for m in self._tar.getmembers() if m.isfile()}
+            assert self._tar_members is not None
+            handle = self._tar.extractfile(self._tar_members[inner])
+            if handle is None:
+                raise SourceError(f"{inner} is not a regular file")
+            return handle.read()
+        return self._read_tile(inner)
+
+    def _read_tile(self, inner: str) -> bytes:
+        if self._scene is None:
+            try:
+                self._scene = tifffile.memmap(self.source)
+            except ValueError:  # compressed: no memory map possible
+                self._scene = tifffile.imread(self.source)
+        top, left, size = (int(v) for v in inner.removeprefix(TILE_PREFIX)[:-4].split("_"))
+        scene = self._scene
+        if scene.ndim == 3 and scene.shape[0] < min(scene.shape[1:]):  # band-first
+            tile = scene[:, top : top + size, left : left + size]
+        else:
+            tile = scene[top : top + size, left : left + size]
+        buffer = io.BytesIO()
+        rgb: Image.Image = array_to_rgb(np.asarray(tile))
+        rgb.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def read_entry(source: str, path: str) -> bytes:
+    """Bytes of an indexed image, from its source and inner path (as stored in the DB)."""
+    return SourceReader(Path(source)).read(path)

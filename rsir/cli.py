@@ -1,0 +1,42 @@
+"""The `rsir` command: gathers the commands that each package owns."""
+
+from __future__ import annotations
+
+import typer
+
+from indexer.cli import app as indexer_app
+from model.cli import app as model_app
+from rsir.logs import configure_logging
+from rsir.settings import get_settings
+
+app = typer.Typer(
+    help="Content-based remote-sensing image retrieval: train, index, search, evaluate, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+for sub in (model_app, indexer_app):
+    for command in sub.registered_commands:
+        app.registered_commands.append(command)
+
+
+@app.callback()
+def _root() -> None:
+    configure_logging(get_settings().log_level)
+
+
+@app.command()
+def demo(
+    train_epochs: int = typer.Option(2, help="Epochs of the small demo embedder."),
+    image_size: int = typer.Option(96, help="Input size of the demo embedder."),
+    serve: bool = typer.Option(True, help="End with the service running."),
+) -> None:
+    """The main job: train a small embedder on UCM, index it, evaluate, show a search."""
+    from rsir.demo import run_demo
+
+    run_demo(get_settings(), train_epochs=train_epochs, image_size=image_size, serve=serve)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

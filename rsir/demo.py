@@ -1,0 +1,103 @@
+"""The main job on the embedded default: train a small embedder on the real UCM images, index
+them, evaluate by the split protocol, show a search, and (optionally) serve the index."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import typer
+
+from rsir.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_demo(settings: Settings, train_epochs: int, image_size: int, serve: bool) -> None:
+    """Each step is skipped when its result is already there, so a re-run is quick."""
+    from indexer.cli import format_results_table
+    from indexer.evaluate import evaluate_retrieval
+    from indexer.pipeline import index_source
+    from indexer.search import Searcher
+    from model.datasets import DatasetNotFoundError, discover_dataset
+    from model.imageio import read_image
+    from model.train_embedder import TrainConfig, train_embedder
+    from rsir.progress import progress_bar
+
+    started = time.monotonic()
+    try:
+        ucm = discover_dataset("ucm", settings.data_root)
+    except DatasetNotFoundError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        typer.echo("Set RSIR_DATA_ROOT (or --data-root) to the folder that holds the data.")
+        raise typer.Exit(2) from None
+    typer.echo(f"[1/4] UCM: {len(ucm)} images in {len(ucm.class_names)} classes at {ucm.root}")
+
+    work = settings.index_dir.parent
+    checkpoint = settings.checkpoint
+    if checkpoint is None:
+        checkpoint = work / "demo" / f"embedder-r18-{image_size}px-{train_epochs}ep.pt"
+        if not checkpoint.is_file():
+            typer.echo(
+                f"[2/4] training a small embedder (ResNet-18 + dual attention + GeM, "
+                f"{image_size} px, {train_epochs} epochs) on the 80 % train split"
+            )
+            cfg = TrainConfig(
+                dataset="ucm", root=str(settings.data_root), backbone="resnet18",
+                image_size=image_size, batch_size=16, max_epochs=train_epochs, lr=3e-4,
+                negatives=1, num_workers=settings.num_workers, device=settings.device,
+                imagenet_weights=str(settings.imagenet_weights) if settings.imagenet_weights
+                else None,
+            )  # fmt: skip
+            train_embedder(cfg, checkpoint)
+        else:
+            typer.echo(f"[2/4] using the trained checkpoint {checkpoint}")
+    else:
+        typer.echo(f"[2/4] using the checkpoint {checkpoint}")
+
+    typer.echo(f"[3/4] indexing {ucm.root} into {settings.index_dir}")
+    with progress_bar("indexing") as progress:
+        summary = index_source(
+            ucm.root, checkpoint_path=checkpoint, index_dir=settings.index_dir,
+            db_url=settings.resolved_db_url(), batch_size=settings.batch_size,
+            num_workers=settings.num_workers, device=settings.device, progress=progress,
+        )  # fmt: skip
+    typer.echo(
+        f"      added {summary.added}, already indexed {summary.skipped_existing}, "
+        f"corrupt {summary.corrupt}; index holds {summary.index_total}"
+    )
+
+    out = work / "demo" / "evaluation"
+    typer.echo(f"[4/4] evaluating (queries: 20 % test split, gallery: 80 % train split) -> {out}")
+    with progress_bar("embedding") as progress:
+        results = evaluate_retrieval(
+            checkpoint_path=checkpoint, dataset="ucm", root=settings.data_root, out_dir=out,
+            batch_size=settings.batch_size, num_workers=settings.num_workers,
+            device=settings.device, cache_dir=work / "cache", progress=progress,
+        )  # fmt: skip
+    typer.echo(format_results_table(results))
+
+    searcher = Searcher.open(settings.index_dir, checkpoint, settings.resolved_db_url())
+    query_path = ucm.paths[ucm.labels.index(ucm.class_names.index("airplane"))] if (
+        "airplane" in ucm.class_names) else ucm.paths[0]  # fmt: skip
+    hits = searcher.search_images([read_image(Path(query_path))], k=5)[0]
+    typer.echo(f"search for {query_path.name}:")
+    for rank, hit in enumerate(hits, 1):
+        typer.echo(f"  {rank}. {hit.score:.3f} {hit.label or '-':<18} {hit.path}")
+    typer.echo(
+        f"mAP {results['map']:.4f} (init {results['init']}) in "
+        f"{time.monotonic() - started:.0f} s"
+    )
+    if serve:
+        _serve(settings, checkpoint)
+
+
+def _serve(settings: Settings, checkpoint: Path) -> None:
+    """Hand over to the service when it is installed."""
+    try:
+        from service.cli import run_server
+    except ImportError:
+        log.info("the service is not available in this build; not serving")
+        return
+    run_server(settings.model_copy(update={"checkpoint": checkpoint}))
