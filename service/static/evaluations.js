@@ -89,6 +89,24 @@
     );
   }
 
+  /** "ucm", or "folder · my-archive" when a layout name alone does not say which images. */
+  function datasetName(job) {
+    const root = job.root ? String(job.root).replace(/\/+$/, "").split("/").pop() : "";
+    const name = text(job.dataset);
+    return root && root !== name ? `${name} · ${root}` : name;
+  }
+
+  /** The requested model, else the one the results name, else the served one. */
+  function modelName(job) {
+    if (job.model) return text(job.model);
+    const model = job.results && job.results.model;
+    if (model && model.checkpoint) {
+      const file = String(model.checkpoint).split("/").pop();
+      return model.fingerprint ? `${file} (${String(model.fingerprint).slice(0, 12)})` : file;
+    }
+    return "served embedder";
+  }
+
   function card(job) {
     const statusName = String(job.status || "unknown");
     const progress = Math.max(0, Math.min(100, Number(job.progress) || 0));
@@ -102,14 +120,14 @@
       el(
         "header",
         {},
-        el("h2", {}, `#${job.id} `, el("span", { class: "dataset" }, text(job.dataset))),
+        el("h2", {}, `#${job.id} `, el("span", { class: "dataset" }, datasetName(job))),
         el("span", { class: `badge badge-${statusName}` }, statusName),
       ),
       el(
         "dl",
         { class: "meta" },
         el("dt", {}, "Protocol"), el("dd", {}, text(job.protocol)),
-        el("dt", {}, "Model"), el("dd", {}, text(job.model)),
+        el("dt", {}, "Model"), el("dd", {}, modelName(job)),
         el("dt", {}, "Created"), el("dd", {}, when(job.created_at)),
         el("dt", {}, "Finished"), el("dd", {}, when(job.finished_at)),
       ),

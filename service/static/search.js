@@ -128,7 +128,9 @@
       img.addEventListener("error", () => node.classList.add("broken"));
       node.dataset.id = String(hit.id);
       node.querySelector(".rank").textContent = `#${i + 1}`;
-      node.querySelector(".label").textContent = hit.label || "—";
+      const labelNode = node.querySelector(".label");
+      labelNode.textContent = hit.label || "—";
+      labelNode.title = hit.label || "";
       node.querySelector(".score").textContent = Number(hit.score).toFixed(3);
       const source = node.querySelector(".hit-source");
       source.textContent = hit.path || hit.source || "";
