@@ -1,0 +1,115 @@
+"""The service's commands: `rsir serve`, `rsir worker`, `rsir db upgrade`.
+
+Each flag overrides the setting of the same name (RSIR_* in the environment).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from rsir.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(help="The HTTP service, its worker and its database.", add_completion=False)
+db_app = typer.Typer(help="The metadata database.", no_args_is_help=True, add_completion=False)
+app.add_typer(db_app, name="db")
+
+
+def _configure_logging(settings: Settings) -> None:
+    try:
+        from rsir.logs import configure_logging
+    except ImportError:  # pragma: no cover - rsir.logs ships with rsir
+        logging.basicConfig(level=settings.log_level)
+    else:
+        configure_logging(settings.log_level)
+
+
+def run_server(settings: Settings) -> None:
+    """Run the API under uvicorn until interrupted; prints the URL to open."""
+    import uvicorn
+
+    from service.app import create_app
+
+    api = create_app(settings)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    typer.echo(f"rsir service: http://{host}:{settings.port}/ (API docs at /docs)")
+    uvicorn.run(api, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the inference worker (internal API on worker_host:worker_port + job loop)."""
+    import uvicorn
+
+    from service.worker import create_worker_app
+
+    worker = create_worker_app(settings)
+    typer.echo(f"rsir worker: http://{settings.worker_host}:{settings.worker_port}/internal")
+    uvicorn.run(
+        worker,
+        host=settings.worker_host,
+        port=settings.worker_port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help="Bind address [RSIR_HOST]."),
+    port: int | None = typer.Option(None, help="Port [RSIR_PORT]."),
+    index_dir: Path | None = typer.Option(None, help="Index folder [RSIR_INDEX_DIR]."),
+    checkpoint: Path | None = typer.Option(None, help="Embedder checkpoint [RSIR_CHECKPOINT]."),
+    worker_url: str | None = typer.Option(
+        None, help="A separate `rsir worker` [RSIR_WORKER_URL]; default: in this process."
+    ),
+) -> None:
+    """Run the HTTP API (and, by default, the inference worker in the same process)."""
+    settings = get_settings(
+        host=host, port=port, index_dir=index_dir, checkpoint=checkpoint, worker_url=worker_url
+    )
+    _configure_logging(settings)
+    run_server(settings)
+
+
+@app.command()
+def worker(
+    host: str | None = typer.Option(None, help="Bind address [RSIR_WORKER_HOST]."),
+    port: int | None = typer.Option(None, help="Port [RSIR_WORKER_PORT]."),
+    index_dir: Path | None = typer.Option(None, help="Index folder [RSIR_INDEX_DIR]."),
+    checkpoint: Path | None = typer.Option(None, help="Embedder checkpoint [RSIR_CHECKPOINT]."),
+) -> None:
+    """Run the inference worker as its own process: queries from the API, jobs from the DB."""
+    settings = get_settings(
+        worker_host=host, worker_port=port, index_dir=index_dir, checkpoint=checkpoint
+    )
+    _configure_logging(settings)
+    run_worker(settings)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    db_url: str | None = typer.Option(None, "--db-url", help="SQLAlchemy URL [RSIR_DB_URL]."),
+    revision: str = typer.Option("head", help="Alembic revision to upgrade to."),
+) -> None:
+    """Create or migrate the metadata DB schema (Alembic `upgrade head`)."""
+    from indexer.db import upgrade_db
+
+    settings = get_settings(db_url=db_url)
+    _configure_logging(settings)
+    url = settings.resolved_db_url()
+    upgrade_db(url, revision)
+    typer.echo(f"metadata DB at {revision}: {_redact(url)}")
+
+
+def _redact(url: str) -> str:
+    """The URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+if __name__ == "__main__":
+    app()

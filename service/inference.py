@@ -1,0 +1,414 @@
+"""The inference core: models, index and batchers, loaded once and shared by all requests.
+
+It runs inside the API process by default, or inside `rsir worker` (the GPU process of a
+deployment) behind its internal HTTP API; either way, queries reach the network only through a
+`Batcher`, which puts concurrent queries into one forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio.to_thread
+import numpy as np
+import torch
+from PIL import Image
+from sqlalchemy import Engine
+
+from indexer.db import ImageRow, make_sessionmaker
+from indexer.embedding import EmbeddingModel
+from indexer.search import Hit, hits_for
+from indexer.sources import read_entry
+from indexer.store import IndexStore, ModelMismatchError
+from model.checkpoint import Checkpoint, load_embedder
+from model.device import best_device
+from model.imageio import decode_image
+from rsir.settings import Settings
+from service.batcher import Batcher
+from service.errors import (
+    ModelMismatchServiceError,
+    NotFoundError,
+    NotReadyError,
+    ServiceError,
+    UnknownModelError,
+)
+from service.explain import embedder_cam, overlay_png
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# A label filter first fetches this many candidates per wanted hit, then everything (up to a cap).
+LABEL_FETCH_FACTOR = 10
+LABEL_FETCH_CAP = 100_000
+
+
+# A search batch item: (preprocessed image, how many candidates to fetch) -> (vector, scores, ids)
+SearchItem = tuple[torch.Tensor, int]
+SearchOut = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class Classifier(Protocol):
+    """What the service needs of a loaded classifier (model/classifiers/inference.py)."""
+
+    name: str
+    method: str
+    dataset: str
+    class_names: list[str]
+    fingerprint: str
+    init: str
+
+    def predict(self, images: list[Image.Image]) -> list[list[float]]: ...
+
+    def explain(self, image: Image.Image) -> bytes | None: ...
+
+
+@dataclass
+class ModelInfo:
+    """One loaded model, as `GET /models` lists it."""
+
+    name: str
+    kind: str
+    dataset: str
+    classes: list[str]
+    fingerprint: str
+    init: str
+    method: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    """Ranked hits and the model that ranked them."""
+
+    hits: list[Hit]
+    model_fingerprint: str
+
+
+@dataclass
+class Prediction:
+    label: str
+    probability: float
+
+
+@dataclass
+class ClassifyResult:
+    """Top-k classes of one image; `explanation_png` when asked for and the model has one."""
+
+    model: str
+    predictions: list[Prediction]
+    explanation_png: bytes | None = None
+
+
+def _load_classifier(path: Path, device: torch.device) -> Classifier:
+    """Load a classifier checkpoint through the classifiers package (imported lazily)."""
+    from model.classifiers.inference import load_classifier
+
+    return load_classifier(path, device)
+
+
+class InferenceCore:
+    """Loaded resources and the batched operations on them. `load()` once, `close()` at exit."""
+
+    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics
+        self.device = best_device(settings.device)
+        self.model: EmbeddingModel | None = None
+        self.checkpoint: Checkpoint | None = None
+        self.embedder_name: str | None = None
+        self.checkpoint_path: Path | None = None
+        self.store: IndexStore | None = None
+        self.classifiers: dict[str, Classifier] = {}
+        self.problems: list[str] = []
+        self.search_batcher: Batcher[SearchItem, SearchOut] | None = None
+        self.classify_batchers: dict[str, Batcher[Image.Image, list[float]]] = {}
+        self._index_error: ServiceError | None = None
+        self._reload_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ life cycle
+    def load(self) -> None:
+        """Load embedder, index and classifiers; what fails is recorded, not raised (see ready)."""
+        self._load_embedder()
+        self._load_index()
+        for path in self.settings.classifier_checkpoints:
+            try:
+                classifier = _load_classifier(Path(path), self.device)
+            except Exception as exc:
+                log.exception("cannot load classifier %s", path)
+                self.problems.append(f"classifier {path}: {exc}")
+                continue
+            self.classifiers[classifier.name] = classifier
+            batcher: Batcher[Image.Image, list[float]] = Batcher(
+                classifier.predict,
+                self.settings.batch_max_size,
+                self.settings.batch_max_wait_ms,
+                name=f"classify:{classifier.name}",
+                on_batch=self.metrics.batch_observer(f"classify:{classifier.name}"),
+            )
+            batcher.start()
+            self.metrics.track_queue(batcher.name, lambda b=batcher: b.depth)  # type: ignore[misc]
+            self.classify_batchers[classifier.name] = batcher
+        self.metrics.index_size.set_function(lambda: float(self.store.ntotal if self.store else 0))
+
+    def _load_embedder(self) -> None:
+        path = self.settings.checkpoint
+        if path is None:
+            self.problems.append("no embedder checkpoint configured (RSIR_CHECKPOINT)")
+            return
+        try:
+            net, ckpt = load_embedder(Path(path))
+        except Exception as exc:
+            log.exception("cannot load embedder %s", path)
+            self.problems.append(f"embedder {path}: {exc}")
+            return
+        self.model = EmbeddingModel(net, ckpt.preprocessing, self.device)
+        self.checkpoint = ckpt
+        self.checkpoint_path = Path(path).resolve()
+        self.embedder_name = Path(path).stem
+        self.search_batcher = Batcher(
+            self._search_batch,
+            self.settings.batch_max_size,
+            self.settings.batch_max_wait_ms,
+            name="search",
+            on_batch=self.metrics.batch_observer("search"),
+        )
+        self.search_batcher.start()
+        batcher = self.search_batcher
+        self.metrics.track_queue("search", lambda: batcher.depth)
+        log.info("embedder %s (%s) on %s", self.embedder_name, ckpt.fingerprint, self.device)
+
+    def _load_index(self) -> None:
+        if self.model is None or self.checkpoint is None:
+            return
+        try:
+            self.store = IndexStore.open(
+                self.settings.index_dir,
+                self.engine,
+                fingerprint=self.checkpoint.fingerprint,
+                dim=self.model.dim,
+            )
+        except ModelMismatchError as exc:
+            self._index_error = ModelMismatchServiceError(str(exc))
+            self.problems.append(str(exc))
+            log.error("%s", exc)
+            return
+        except Exception as exc:
+            log.exception("cannot open the index in %s", self.settings.index_dir)
+            self._index_error = NotReadyError(f"index in {self.settings.index_dir}: {exc}")
+            self.problems.append(self._index_error.detail)
+            return
+        log.info(
+            "index %s: %d vectors (v%d)",
+            self.store.index_dir,
+            self.store.ntotal,
+            self.store.version,
+        )
+
+    def close(self) -> None:
+        """Stop the batchers (finishing queued requests)."""
+        if self.search_batcher is not None:
+            self.search_batcher.stop()
+        for batcher in self.classify_batchers.values():
+            batcher.stop()
+
+    def refresh_index(self) -> bool:
+        """Pick up a newer index version (an index job or `rsir index` wrote one)."""
+        with self._reload_lock:
+            if self.store is None:
+                if self.model is not None and self._index_error is None:
+                    self._load_index()
+                return self.store is not None
+            try:
+                return self.store.reload_if_changed()
+            except Exception:
+                log.exception("reloading the index failed; keeping version %d", self.store.version)
+                return False
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        """Readiness of each component, for /ready."""
+        return {
+            "embedder": self.checkpoint.fingerprint if self.checkpoint else None,
+            "index": (
+                {"ntotal": self.store.ntotal, "version": self.store.version}
+                if self.store is not None
+                else None
+            ),
+            "classifiers": sorted(self.classifiers),
+            "device": str(self.device),
+            "problems": list(self.problems),
+            "ready": self.model is not None and self.store is not None,
+        }
+
+    def models(self) -> list[ModelInfo]:
+        """The embedder and the classifiers, with what each was trained on."""
+        out: list[ModelInfo] = []
+        if self.checkpoint is not None and self.embedder_name is not None:
+            ckpt = self.checkpoint
+            out.append(
+                ModelInfo(
+                    name=self.embedder_name,
+                    kind="embedder",
+                    dataset=ckpt.dataset,
+                    classes=list(ckpt.class_names),
+                    fingerprint=ckpt.fingerprint,
+                    init=ckpt.init,
+                    extra={"config": ckpt.config, "image_size": ckpt.preprocessing.image_size},
+                )
+            )
+        for name, clf in sorted(self.classifiers.items()):
+            out.append(
+                ModelInfo(
+                    name=name,
+                    kind="classifier",
+                    dataset=clf.dataset,
+                    classes=list(clf.class_names),
+                    fingerprint=clf.fingerprint,
+                    init=clf.init,
+                    method=clf.method,
+                )
+            )
+        return out
+
+    def embedder_checkpoint_for(self, name: str | None) -> Path:
+        """The checkpoint file of the named embedder (None: the served one), or 404."""
+        if self.checkpoint_path is None or self.embedder_name is None:
+            raise NotReadyError("no embedder is loaded")
+        if name not in (
+            None,
+            "",
+            self.embedder_name,
+            self.checkpoint and self.checkpoint.fingerprint,
+        ):
+            raise UnknownModelError(f"unknown embedder {name!r}; loaded: {[self.embedder_name]}")
+        return self.checkpoint_path
+
+    # ------------------------------------------------------------------ search
+    def _ready_search(self) -> tuple[EmbeddingModel, IndexStore, Batcher[Any, Any]]:
+        if self.model is None or self.search_batcher is None:
+            raise NotReadyError("no embedder loaded: " + "; ".join(self.problems))
+        if self.store is None:
+            raise self._index_error or NotReadyError("no index loaded")
+        return self.model, self.store, self.search_batcher
+
+    def _search_batch(self, items: list[SearchItem]) -> list[SearchOut]:
+        """One forward pass and one FAISS search for a whole batch of queries."""
+        model, store, _ = self._ready_search()
+        vectors = model.embed_tensors(torch.stack([tensor for tensor, _ in items]))
+        fetch = max(k for _, k in items)
+        scores, ids = store.search(vectors, fetch)
+        return [(vectors[i], scores[i], ids[i]) for i in range(len(items))]
+
+    def _rank(
+        self, vector: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int,
+        label: str | None, exclude: int | None = None,
+    ) -> list[Hit]:  # fmt: skip
+        """DB rows for FAISS ids, label-filtered; widens the search if the filter left too few."""
+        _, store, _ = self._ready_search()
+
+        def pick(s: np.ndarray, i: np.ndarray) -> list[Hit]:
+            hits = hits_for(self.engine, s, i)
+            return [h for h in hits if (label is None or h.label == label) and h.id != exclude]
+
+        hits = pick(scores, ids)
+        if len(hits) < k and len(ids) < min(store.ntotal, LABEL_FETCH_CAP):
+            wider_s, wider_i = store.search(vector[None], min(store.ntotal, LABEL_FETCH_CAP))
+            hits = pick(wider_s[0], wider_i[0])
+        return hits[:k]
+
+    def _fetch(self, k: int, label: str | None, exclude: bool) -> int:
+        fetch = k * LABEL_FETCH_FACTOR if label is not None else k
+        return fetch + (1 if exclude else 0)
+
+    async def search(self, image: Image.Image, k: int, label: str | None) -> SearchResult:
+        """Top-k indexed images like `image` (optionally only of class `label`)."""
+        model, _, batcher = self._ready_search()
+        tensor = await anyio.to_thread.run_sync(model.transform, image)
+        vector, scores, ids = await batcher.run((tensor, self._fetch(k, label, False)))
+        hits = await anyio.to_thread.run_sync(self._rank, vector, scores, ids, k, label)
+        assert self.checkpoint is not None
+        return SearchResult(hits, self.checkpoint.fingerprint)
+
+    async def similar(self, image_id: int, k: int, label: str | None) -> SearchResult:
+        """Top-k images like an indexed one (itself left out), from its stored descriptor."""
+        _, store, _ = self._ready_search()
+        vector = await anyio.to_thread.run_sync(self._stored_vector, image_id)
+        if vector is None:  # the index type cannot reconstruct: embed the file again
+            image = await anyio.to_thread.run_sync(self._indexed_image, image_id)
+            model, _, batcher = self._ready_search()
+            tensor = await anyio.to_thread.run_sync(model.transform, image)
+            vector, _, _ = await batcher.run((tensor, 1))
+        fetch = self._fetch(k, label, True)
+        scores, ids = await anyio.to_thread.run_sync(store.search, vector[None], fetch)
+        hits = await anyio.to_thread.run_sync(
+            self._rank, vector, scores[0], ids[0], k, label, image_id
+        )
+        assert self.checkpoint is not None
+        return SearchResult(hits, self.checkpoint.fingerprint)
+
+    def image_row(self, image_id: int) -> ImageRow:
+        """The DB row of an indexed image, or 404."""
+        with make_sessionmaker(self.engine)() as session:
+            row = session.get(ImageRow, image_id)
+        if row is None:
+            raise NotFoundError(f"no image with id {image_id}")
+        return row
+
+    def _stored_vector(self, image_id: int) -> np.ndarray | None:
+        self.image_row(image_id)
+        _, store, _ = self._ready_search()
+        index = store.index
+        try:
+            return np.asarray(index.reconstruct(int(image_id)), dtype=np.float32)
+        except RuntimeError:
+            return None
+
+    def _indexed_image(self, image_id: int) -> Image.Image:
+        row = self.image_row(image_id)
+        return decode_image(read_entry(row.source, row.path), self.settings.max_pixels)
+
+    # ------------------------------------------------------------------ explain, classify
+    async def explain(self, image: Image.Image) -> bytes:
+        """Grad-CAM heat-map of the embedder over the query, as a PNG."""
+        model, _, _ = (self.model, None, None) if self.model is not None else self._ready_search()
+        assert model is not None
+
+        def work() -> bytes:
+            batch = model.transform(image)[None].to(model.device)
+            cam = embedder_cam(model.net, batch)[0]
+            return overlay_png(image, cam)
+
+        return await anyio.to_thread.run_sync(work)
+
+    def _classifier(self, name: str | None) -> tuple[str, Classifier]:
+        if not self.classifiers:
+            raise UnknownModelError(
+                "no classifier is loaded (set RSIR_CLASSIFIER_CHECKPOINTS)"
+                + (f"; problems: {'; '.join(self.problems)}" if self.problems else "")
+            )
+        if name is None or name == "":
+            name = sorted(self.classifiers)[0]
+        if name not in self.classifiers:
+            raise UnknownModelError(
+                f"unknown classifier {name!r}; loaded: {sorted(self.classifiers)}"
+            )
+        return name, self.classifiers[name]
+
+    async def classify(
+        self, image: Image.Image, model: str | None, top_k: int, explain: bool
+    ) -> ClassifyResult:
+        """Top-k class probabilities from one classifier (default: the first by name)."""
+        name, clf = self._classifier(model)
+        probabilities = await self.classify_batchers[name].run(image)
+        order = np.argsort(-np.asarray(probabilities))[: max(1, top_k)]
+        predictions = [Prediction(clf.class_names[i], float(probabilities[i])) for i in order]
+        png = await anyio.to_thread.run_sync(clf.explain, image) if explain else None
+        return ClassifyResult(name, predictions, png)

@@ -1,0 +1,70 @@
+"""What each job kind does: an evaluation, or an indexing run, on the worker that claimed it.
+
+Paths were checked by the API; they are checked again here against this worker's own data
+root, since a job row is input too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rsir.settings import Settings
+from service.inference import InferenceCore
+from service.runner import Handler, JobContext, JobOutcome
+from service.security import resolve_inside
+
+
+def job_dir(settings: Settings, job_id: int) -> Path:
+    """Where a job writes its files (results.json, split.json, plots)."""
+    return Path(settings.index_dir) / "jobs" / str(job_id)
+
+
+def make_handlers(settings: Settings, core: InferenceCore) -> dict[str, Handler]:
+    """Handlers by job kind, bound to this worker's settings and loaded models."""
+
+    def evaluation(ctx: JobContext) -> JobOutcome:
+        from indexer.evaluate import evaluate_retrieval
+
+        params = ctx.claim.params
+        checkpoint = core.embedder_checkpoint_for(params.get("model"))
+        root = resolve_inside(params["root"], settings.data_root)
+        out_dir = job_dir(settings, ctx.claim.id)
+        results = evaluate_retrieval(
+            checkpoint_path=checkpoint,
+            dataset=params["dataset"],
+            root=root,
+            out_dir=out_dir,
+            protocol=params.get("protocol", "split"),
+            seed=params.get("seed"),
+            per_class=params.get("per_class"),
+            batch_size=settings.batch_size,
+            num_workers=settings.num_workers,
+            device=settings.device,
+            cache_dir=Path(settings.index_dir) / "cache",
+            progress=ctx.report,
+        )
+        plot = out_dir / "pr_curve.png"
+        return JobOutcome(results, plot.read_bytes() if plot.is_file() else None)
+
+    def index(ctx: JobContext) -> JobOutcome:
+        from indexer.pipeline import index_source
+
+        params = ctx.claim.params
+        checkpoint = core.embedder_checkpoint_for(None)
+        source = resolve_inside(params["source"], settings.data_root)
+        summary = index_source(
+            source,
+            checkpoint_path=checkpoint,
+            index_dir=settings.index_dir,
+            db_url=settings.resolved_db_url(),
+            factory=params.get("factory") or "Flat",
+            batch_size=settings.batch_size,
+            num_workers=settings.num_workers,
+            device=settings.device,
+            max_pixels=settings.max_pixels,
+            progress=ctx.report,
+        )
+        core.refresh_index()
+        return JobOutcome(summary.to_dict())
+
+    return {"evaluation": evaluation, "index": index}

@@ -1,0 +1,133 @@
+"""Request and response bodies of the public HTTP API (they make the OpenAPI schema).
+
+The web page depends on these shapes: change them only together with `service/web.py`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from model.datasets import DATASET_KINDS
+
+DatasetKind = Literal["ucm", "nwpu", "satrem", "folder"]
+assert set(DATASET_KINDS) == {"ucm", "nwpu", "satrem", "folder"}  # keep the Literal in step
+
+
+class HitOut(BaseModel):
+    id: int
+    score: float
+    label: str | None
+    source: str
+    path: str
+    thumbnail_url: str
+    file_url: str
+
+
+class SearchResponse(BaseModel):
+    hits: list[HitOut]
+    k: int
+    model_fingerprint: str
+    took_ms: float
+
+
+class ImageOut(BaseModel):
+    id: int
+    source: str
+    path: str
+    label: str | None
+    width: int
+    height: int
+    content_hash: str
+    model_fingerprint: str
+    index_version: int
+    created_at: datetime | None
+    thumbnail_url: str
+    file_url: str
+    similar_url: str
+
+
+class PredictionOut(BaseModel):
+    label: str
+    probability: float
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    predictions: list[PredictionOut]
+    took_ms: float
+    explanation_png_base64: str | None = Field(
+        default=None, description="The model's attention or CAM map (PNG), when asked for."
+    )
+
+
+class ModelOut(BaseModel):
+    name: str
+    kind: Literal["embedder", "classifier"]
+    dataset: str
+    classes: list[str]
+    fingerprint: str
+    init: str
+    method: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelOut]
+
+
+class EvaluationRequest(BaseModel):
+    dataset: DatasetKind = Field(description="Layout of the images under `root`.")
+    root: str | None = Field(
+        default=None,
+        description="Folder inside the server's data root (relative or absolute); "
+        "default: the data root itself, where the registered datasets live.",
+    )
+    model: str | None = Field(default=None, description="Embedder name; default: the served one.")
+    protocol: Literal["split", "all-vs-all"] = "split"
+    seed: int | None = Field(default=None, description="Split seed; default: the checkpoint's.")
+    per_class: int | None = Field(default=None, ge=1, description="Cap images per class.")
+
+
+class IndexJobRequest(BaseModel):
+    source: str = Field(description="Folder, .zip, .tar(.gz) or .tif inside the data root.")
+    factory: str | None = Field(default=None, description="FAISS factory string (new index).")
+
+
+class JobOut(BaseModel):
+    """Fields common to every job."""
+
+    id: int
+    kind: str
+    status: Literal["queued", "running", "done", "failed"]
+    progress: float
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    results: dict[str, Any] | None
+    error: str | None
+    url: str
+
+
+class EvaluationOut(JobOut):
+    dataset: str
+    protocol: str
+    model: str | None
+    root: str
+    pr_curve_url: str | None
+
+
+class IndexJobOut(JobOut):
+    source: str
+    factory: str | None
+
+
+class EvaluationList(BaseModel):
+    items: list[EvaluationOut]
+
+
+class IndexJobList(BaseModel):
+    items: list[IndexJobOut]

@@ -1,0 +1,103 @@
+"""What the API's lifespan loads once and hands to every request.
+
+Built in a worker thread at start-up (loading models takes seconds), never at import.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, text
+
+from indexer.db import MIGRATIONS_DIR, make_engine, upgrade_db
+from rsir.settings import Settings
+from service.backend import Backend, LocalBackend, RemoteBackend
+from service.jobs import JobStore
+from service.metrics import Metrics
+from service.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+def schema_problem(engine: Engine) -> str | None:
+    """None when the DB is at the newest migration, else what to run."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    heads = set(ScriptDirectory.from_config(config).get_heads())
+    with engine.connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+    if current != heads:
+        return (
+            f"metadata DB schema is at {sorted(current) or 'nothing'}, code needs {sorted(heads)}:"
+            " run `rsir db upgrade`"
+        )
+    return None
+
+
+def prepare_db(settings: Settings) -> tuple[Engine, str | None]:
+    """Engine for the metadata DB; SQLite (embedded default) is migrated here, others checked."""
+    url = settings.resolved_db_url()
+    if url.startswith("sqlite"):
+        upgrade_db(url)
+    engine = make_engine(url)
+    try:
+        return engine, schema_problem(engine)
+    except Exception as exc:
+        return engine, f"metadata DB unreachable: {exc}"
+
+
+def db_ok(engine: Engine) -> str | None:
+    """None when the DB answers, else why not."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        return f"metadata DB unreachable: {exc}"
+    return None
+
+
+@dataclass
+class AppState:
+    """Everything a request may use; one per app."""
+
+    settings: Settings
+    engine: Engine
+    metrics: Metrics
+    jobs: JobStore
+    backend: Backend
+    runtime: WorkerRuntime | None
+    db_problem: str | None
+
+    @classmethod
+    def build(
+        cls, settings: Settings, metrics: Metrics, run_jobs: bool, poll_seconds: float
+    ) -> AppState:
+        """Open the DB, then load the in-process worker or connect to the remote one."""
+        engine, problem = prepare_db(settings)
+        if problem:
+            log.error("%s", problem)
+        jobs = JobStore(engine, settings.job_lease_seconds, settings.job_max_attempts)
+        runtime: WorkerRuntime | None = None
+        backend: Backend
+        if settings.worker_url:
+            backend = RemoteBackend(settings.worker_url, settings.api_key)
+            log.info("inference worker at %s", settings.worker_url)
+        else:
+            runtime = WorkerRuntime(
+                settings, engine, metrics, jobs, run_jobs=run_jobs and problem is None,
+                poll_seconds=poll_seconds,
+            )  # fmt: skip
+            runtime.start()
+            backend = LocalBackend(runtime.core)
+        return cls(settings, engine, metrics, jobs, backend, runtime, problem)
+
+    def close(self) -> None:
+        """Stop the in-process worker and close DB connections."""
+        if self.runtime is not None:
+            self.runtime.stop()
+        self.engine.dispose()
