@@ -1,5 +1,7 @@
 """The web pages in a real browser: Debian's headless Chromium driven by Playwright, against
-the app under uvicorn with a real index of real UCM images (see conftest.py).
+the app factory under uvicorn on a free port of 127.0.0.1 (settings from the environment), with
+a small embedder and a real index of real UCM images. A subprocess, not the ASGI transport: the
+browser must load pages, scripts and thumbnails over real HTTP, as in production.
 
 What must hold for a user: choosing an image on `/` shows the top-k grid with thumbnails that
 actually load, scores and labels; the heat-map appears on request; a bad upload shows the
@@ -10,14 +12,145 @@ $RSIR_BROWSER_SCREENSHOTS (default: the test's temporary folder) for a human loo
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, PER_CLASS, LiveService
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+REPO = Path(__file__).resolve().parents[2]
+DATA_ROOT = Path(os.environ.get("RSIR_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
+UCM_IMAGES = DATA_ROOT / "UCMerced_LandUse" / "Images"
+PER_CLASS = 2
+IMAGE_SIZE = 64
+API_KEY = "browser-test-key-0123456789"
+
+
+@dataclass(frozen=True)
+class LiveService:
+    """A running service and what it indexed."""
+
+    url: str
+    archive: Path  # the indexed copy of the images: <class>/<file>
+    api_key: str
+    log: Path
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def copy_subset(dest: Path, per_class: int) -> Path:
+    """The first `per_class` real UCM images of every class, copied in the <class>/<file> layout."""
+    if not UCM_IMAGES.is_dir():
+        pytest.fail(f"the real UCM images are missing at {UCM_IMAGES} (set RSIR_DATA_ROOT)")
+    for class_dir in sorted(p for p in UCM_IMAGES.iterdir() if p.is_dir()):
+        (dest / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:per_class]:
+            shutil.copy2(image, dest / class_dir.name / image.name)
+    return dest
+
+
+def make_checkpoint(path: Path, class_names: list[str]) -> Path:
+    """A seeded, randomly initialised ResNet-18 embedder (no weights download on these machines)."""
+    import torch
+
+    from model.checkpoint import embedder_checkpoint, save_checkpoint
+    from model.embedder import EmbedderConfig, build_embedder
+    from model.transforms import Preprocessing
+
+    torch.manual_seed(0)
+    net, init = build_embedder(EmbedderConfig(backbone="resnet18"), pretrained=False)
+    net.eval()
+    ckpt = embedder_checkpoint(net, Preprocessing(image_size=IMAGE_SIZE), class_names, init, "ucm")
+    save_checkpoint(ckpt, path)
+    return path
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 180.0) -> None:
+    """Poll /ready until it answers 200; fail with the server's log if it dies or never is."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the service exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            response = httpx.get(f"{url}/ready", timeout=5.0)
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text[:500]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    tail = log.read_text()[-4000:]
+    pytest.fail(f"the service is not ready after {timeout:.0f} s ({last}):\n{tail}")
+
+
+@pytest.fixture(scope="session")
+def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """Index a few real UCM images per class with a small embedder, then serve them."""
+    from indexer.pipeline import index_source
+
+    work = tmp_path_factory.mktemp("browser-service")
+    archive = copy_subset(work / "data" / "ucm", PER_CLASS)
+    classes = sorted(p.name for p in archive.iterdir())
+    checkpoint = make_checkpoint(work / "embedder.pt", classes)
+    index_dir = work / "index"
+    summary = index_source(
+        archive, checkpoint_path=checkpoint, index_dir=index_dir, batch_size=16,
+        num_workers=0, device="cpu",
+    )  # fmt: skip
+    assert summary.index_total == PER_CLASS * len(classes), summary
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "RSIR_DATA_ROOT": str(work / "data"),
+        "RSIR_INDEX_DIR": str(index_dir),
+        "RSIR_CHECKPOINT": str(checkpoint),
+        "RSIR_API_KEY": API_KEY,
+        "RSIR_DEVICE": "cpu",
+        "RSIR_NUM_WORKERS": "0",
+        "RSIR_LOG_LEVEL": "INFO",
+    }
+    env.pop("RSIR_DB_URL", None)
+    env.pop("RSIR_WORKER_URL", None)
+    log = work / "serve.log"
+    command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(url, proc, log)
+        yield LiveService(url=url, archive=archive, api_key=API_KEY, log=log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
 
 pytestmark = [
     pytest.mark.browser,
@@ -28,7 +161,6 @@ pytestmark = [
     ),
 ]
 
-sync_api = pytest.importorskip("playwright.sync_api")
 
 # Whether every <img> of a selector finished loading with real pixels.
 ALL_LOADED_JS = """(selector) => {
@@ -38,9 +170,9 @@ ALL_LOADED_JS = """(selector) => {
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser() -> Iterator[Browser]:
     """One headless Chromium for the module (never a Playwright-downloaded build)."""
-    with sync_api.sync_playwright() as pw:
+    with sync_playwright() as pw:
         chromium = pw.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
@@ -51,14 +183,13 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser: object) -> Iterator[sync_api.Page]:
+def page(browser: Browser) -> Iterator[Page]:
     """A fresh page that records uncaught script errors (each one fails the test)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(60_000)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.script_errors = errors  # type: ignore[attr-defined]
     try:
         yield page
     finally:
@@ -82,7 +213,7 @@ def query_image(service: LiveService) -> tuple[Path, str]:
 
 
 def test_search_page_shows_loaded_thumbnails(
-    live_service: LiveService, page: sync_api.Page, shots: Path
+    live_service: LiveService, page: Page, shots: Path
 ) -> None:
     image, label = query_image(live_service)
     console_errors: list[str] = []
@@ -125,7 +256,7 @@ def test_search_page_shows_loaded_thumbnails(
 
 
 def test_label_filter_and_bad_upload(
-    live_service: LiveService, page: sync_api.Page, tmp_path: Path, shots: Path
+    live_service: LiveService, page: Page, tmp_path: Path, shots: Path
 ) -> None:
     image, _ = query_image(live_service)
     page.goto(live_service.url + "/")
@@ -160,13 +291,13 @@ def run_evaluation(service: LiveService) -> dict[str, object]:
     while time.monotonic() < deadline:
         job = httpx.get(url, timeout=10).json()
         if job["status"] in ("done", "failed"):
-            return job  # type: ignore[no-any-return]
+            return job
         time.sleep(0.5)
     pytest.fail(f"evaluation still not finished after 300 s: {job}")
 
 
 def test_evaluations_page_shows_figures_and_pr_curve(
-    live_service: LiveService, page: sync_api.Page, shots: Path
+    live_service: LiveService, page: Page, shots: Path
 ) -> None:
     job = run_evaluation(live_service)
     assert job["status"] == "done", job
