@@ -29,6 +29,9 @@ def index(
     ] = "Flat",
     batch_size: Annotated[int | None, typer.Option()] = None,
     num_workers: Annotated[int | None, typer.Option(help="Decoding processes.")] = None,
+    commit_every: Annotated[
+        int, typer.Option(help="Images per committed index version (resume granularity).")
+    ] = 2048,
 ) -> None:
     """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume)."""
     from indexer.pipeline import index_source
@@ -53,6 +56,7 @@ def index(
                 num_workers=settings.num_workers,
                 device=settings.device,
                 max_pixels=settings.max_pixels,
+                commit_every=commit_every,
                 progress=progress,
             )
     except (ModelMismatchError, IndexTrainingError, FileNotFoundError, ValueError) as exc:
