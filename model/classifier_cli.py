@@ -1,0 +1,127 @@
+"""`rsir train-classifier` and `rsir evaluate-classifier`: the scene classifiers of issue 4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from model.datasets import DATASET_KINDS
+from rsir.settings import get_settings
+
+app = typer.Typer()
+
+METHODS = "ddrl-am, pcl, lafe or plain"
+
+
+@app.command("train-classifier")
+def train_classifier_command(
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (.pt).")],
+    method: Annotated[str, typer.Option(help=f"{METHODS}.")] = "plain",
+    dataset: Annotated[str, typer.Option(help=f"One of {', '.join(DATASET_KINDS)}.")] = "ucm",
+    root: Annotated[Path | None, typer.Option(help="Data root (default: RSIR_DATA_ROOT).")] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="resnet18/34/50; default: the method's paper choice.")
+    ] = None,
+    train_ratio: Annotated[
+        float, typer.Option(help="Train fraction: UCM 0.8, NWPU 0.1 or 0.2 (papers).")
+    ] = 0.8,
+    image_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 224,
+    max_epochs: Annotated[int, typer.Option(help="Training epochs (DDRL-AM: per step).")] = 40,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
+    per_class: Annotated[int | None, typer.Option(help="Use N images per class.")] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Comma-separated class names to keep (quick runs).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Base learning rate; default: paper.")] = None,
+    attention_epochs: Annotated[
+        int | None, typer.Option(help="DDRL-AM step 1 epochs (default: max-epochs).")
+    ] = None,
+    pretrained: Annotated[bool, typer.Option(help="ImageNet weights if on disk.")] = True,
+    cache_dir: Annotated[Path, typer.Option(help="DDRL-AM Grad-CAM map cache.")] = Path(
+        "var/cache/gradcam"
+    ),
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a scene classifier on the train part of a seeded stratified split."""
+    from dataclasses import replace
+
+    from model.classifiers.evaluation import dataset_for, test_report
+    from model.classifiers.registry import get_method
+    from model.classifiers.training import TrainConfig, train_classifier
+
+    settings = get_settings()
+    info = get_method(method)
+    wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    config = TrainConfig(
+        method=method,
+        backbone=backbone,
+        image_size=image_size,
+        epochs=max_epochs,
+        batch_size=batch_size,
+        seed=seed,
+        train_ratio=train_ratio,
+        attention_epochs=attention_epochs,
+        per_class=per_class,
+        classes=wanted,
+        pretrained=pretrained,
+        weights_path=settings.imagenet_weights,
+        device=settings.device,
+        cache_dir=cache_dir,
+        num_workers=settings.num_workers,
+        progress=progress,
+    )
+    if lr is not None:
+        config.recipe = replace(info.recipe(batch_size), lr=lr)
+    images = dataset_for(dataset, root or settings.data_root, per_class, wanted)
+    trained = train_classifier(images, config, out)
+    report = test_report(
+        trained.net,
+        trained.bank,
+        trained.split,
+        images.class_names,
+        trained.checkpoint.preprocessing,
+        next(trained.net.parameters()).device,
+    )
+    typer.echo(
+        f"{method} ({trained.checkpoint.config['backbone']}, init {trained.checkpoint.init}) "
+        f"on {len(trained.split.train)} {dataset} images: test OA "
+        f"{report.overall_accuracy:.4f} on {report.n_test}; checkpoint written to {out}"
+    )
+
+
+@app.command("evaluate-classifier")
+def evaluate_classifier_command(
+    checkpoint: Annotated[Path, typer.Option(help="Classifier checkpoint (.pt).")],
+    out: Annotated[Path, typer.Option(help="Folder for results.json and confusion matrices.")],
+    dataset: Annotated[str, typer.Option(help=f"One of {', '.join(DATASET_KINDS)}.")] = "ucm",
+    root: Annotated[Path | None, typer.Option(help="Data root (default: RSIR_DATA_ROOT).")] = None,
+    repeats: Annotated[
+        int, typer.Option(help="Seeded splits; beyond the first, the recipe is retrained.")
+    ] = 1,
+    cache_dir: Annotated[Path, typer.Option(help="DDRL-AM Grad-CAM map cache.")] = Path(
+        "var/cache/gradcam"
+    ),
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """OA, per-class accuracy and confusion matrix (JSON + PNG), mean +- std over splits."""
+    from model.classifiers.evaluation import evaluate_classifier
+
+    settings = get_settings()
+    results = evaluate_classifier(
+        checkpoint,
+        dataset,
+        root or settings.data_root,
+        out,
+        repeats=repeats,
+        device=settings.device,
+        progress=progress,
+        cache_dir=cache_dir,
+    )
+    oa = results["overall_accuracy"]
+    typer.echo(
+        f"{results['method']} on {dataset}: OA {oa['mean']:.4f} +- {oa['std']:.4f} over "
+        f"{oa['n']} split(s) {results['split_seeds']}; results in {out / 'results.json'}"
+    )
