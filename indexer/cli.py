@@ -39,9 +39,12 @@ def index(
     from rsir.progress import progress_bar
 
     settings = get_settings(
-        checkpoint=checkpoint, index_dir=index_dir, db_url=db, batch_size=batch_size,
+        checkpoint=checkpoint,
+        index_dir=index_dir,
+        db_url=db,
+        batch_size=batch_size,
         num_workers=num_workers,
-    )  # fmt: skip
+    )
     if settings.checkpoint is None:
         raise _fail("no checkpoint: pass --checkpoint or set RSIR_CHECKPOINT")
     try:
@@ -101,9 +104,7 @@ def search(
         return
     typer.echo(f"{'rank':>4}  {'score':>6}  {'id':>7}  {'label':<20} path")
     for rank, hit in enumerate(hits, 1):
-        typer.echo(
-            f"{rank:>4}  {hit.score:6.3f}  {hit.id:>7}  {hit.label or '-':<20} {hit.path}"
-        )
+        typer.echo(f"{rank:>4}  {hit.score:6.3f}  {hit.id:>7}  {hit.label or '-':<20} {hit.path}")
 
 
 @app.command()
@@ -142,7 +143,7 @@ def evaluate(
     typer.echo(f"results: {out / 'results.json'}; PR curve: {out / 'pr_curve.png'}")
 
 
-def format_results_table(results: dict) -> str:  # type: ignore[type-arg]
+def format_results_table(results: dict) -> str:
     """A plain-text table of an evaluation's figures."""
     lines = [
         f"dataset {results['dataset']['name']} ({results['dataset']['images']} images), "

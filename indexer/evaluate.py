@@ -82,14 +82,14 @@ def rank_gallery(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     index = faiss.IndexFlatIP(gallery.shape[1])
     index.add(np.ascontiguousarray(gallery, dtype=np.float32))
     _, ranked = index.search(np.ascontiguousarray(queries, dtype=np.float32), len(gallery))
-    return ranked  # type: ignore[no-any-return]
+    return ranked
 
 
 def retrieval_metrics(
     queries: np.ndarray,
-    query_labels: Sequence[int],
+    query_labels: Sequence[int] | np.ndarray,
     gallery: np.ndarray,
-    gallery_labels: Sequence[int],
+    gallery_labels: Sequence[int] | np.ndarray,
     class_names: Sequence[str],
     exclude_self: bool = False,
     chunk: int = 1024,
@@ -103,15 +103,20 @@ def retrieval_metrics(
             ranked = ranked[ranked != own].reshape(len(ranked), len(gallery) - 1)
         parts.append(
             evaluate_rankings(
-                ranked, query_labels[start : start + chunk], gallery_labels, class_names,
+                ranked,
+                query_labels[start : start + chunk],
+                gallery_labels,
+                class_names,
                 queries_in_gallery=exclude_self,
-            )  # fmt: skip
+            )
         )
     return merge_metrics(parts, query_labels, class_names)
 
 
 def merge_metrics(
-    parts: list[RetrievalMetrics], query_labels: Sequence[int], class_names: Sequence[str]
+    parts: list[RetrievalMetrics],
+    query_labels: Sequence[int] | np.ndarray,
+    class_names: Sequence[str],
 ) -> RetrievalMetrics:
     """Combine per-chunk metrics (all are means over queries, so weight by query count)."""
     if len(parts) == 1:
@@ -128,7 +133,9 @@ def merge_metrics(
         map=float(aps.mean()),
         map_at_k={k: wmean([p.map_at_k[k] for p in parts]) for k in ks},
         precision_at_k={k: wmean([p.precision_at_k[k] for p in parts]) for k in ks},
-        per_class_ap={class_names[int(c)]: float(aps[labels == c].mean()) for c in np.unique(labels)},
+        per_class_ap={
+            class_names[int(c)]: float(aps[labels == c].mean()) for c in np.unique(labels)
+        },
         per_query_ap=[float(a) for a in aps],
         pr_recall=parts[0].pr_recall,
         pr_precision=[
@@ -187,18 +194,25 @@ def evaluate_retrieval(
     labels = np.asarray(images.labels)
     if protocol == "split":
         q, g = np.asarray(split.test), np.asarray(split.train)
-        metrics = retrieval_metrics(vectors[q], labels[q], vectors[g], labels[g], images.class_names)
+        metrics = retrieval_metrics(
+            vectors[q], labels[q], vectors[g], labels[g], images.class_names
+        )
     else:
         metrics = retrieval_metrics(
             vectors, labels, vectors, labels, images.class_names, exclude_self=True
         )
-    results = _results_document(ckpt, checkpoint_path, images, split.seed, train_fraction,
-                                protocol, metrics)  # fmt: skip
+    results = _results_document(
+        ckpt, checkpoint_path, images, split.seed, train_fraction, protocol, metrics
+    )
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     plot_pr_curves(
-        {f"{ckpt.config.get('backbone')} {'+att' if ckpt.config.get('attention') else ''} "
-         f"{ckpt.config.get('pooling')} (mAP {metrics.map:.3f})":
-             (metrics.pr_recall, metrics.pr_precision)},  # fmt: skip
+        {
+            f"{ckpt.config.get('backbone')} {'+att' if ckpt.config.get('attention') else ''} "
+            f"{ckpt.config.get('pooling')} (mAP {metrics.map:.3f})": (
+                metrics.pr_recall,
+                metrics.pr_precision,
+            )
+        },
         f"{images.name}: {protocol} protocol, {metrics.n_queries} queries, init {ckpt.init}",
         out_dir / "pr_curve.png",
     )

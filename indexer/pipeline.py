@@ -153,10 +153,19 @@ def index_source(
             todo = [e for e in listing.entries if e.path not in known]
             summary.skipped_existing = len(listing.entries) - len(todo)
             _embed_and_add(
-                store, model, SourceReader(source_path, index_dir), todo, canonical, summary,
-                batch_size=batch_size, num_workers=num_workers, commit_every=commit_every,
-                train_size=train_size, max_pixels=max_pixels, progress=progress,
-            )  # fmt: skip
+                store,
+                model,
+                SourceReader(source_path, index_dir),
+                todo,
+                canonical,
+                summary,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                commit_every=commit_every,
+                train_size=train_size,
+                max_pixels=max_pixels,
+                progress=progress,
+            )
             summary.index_total = store.ntotal
             summary.index_version = store.version
     finally:
@@ -216,7 +225,7 @@ def _embed_and_add(
                     summary.failed.append((item.entry.path, item.error))
                 log.warning("skipped %s: %s", item.entry.path, item.error)
         if good:
-            vectors = model.embed_tensors(torch.stack([item.tensor for item in good]))  # type: ignore[misc]
+            vectors = model.embed_tensors(torch.stack([item.tensor for item in good]))
             pending_vectors.append(vectors)
             pending_rows.extend(
                 ImageRow(

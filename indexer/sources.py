@@ -159,7 +159,7 @@ class SourceReader:
             return self._zip.read(inner)
         if self.kind in ("tar", "tar.gz"):
             if self._tar is None:
-                self._tar = tarfile.open(self._tar_path)
+                self._tar = tarfile.open(self._tar_path)  # noqa: SIM115 (held open per worker)
                 self._tar_members = {m.name: m for m in self._tar.getmembers() if m.isfile()}
             assert self._tar_members is not None
             handle = self._tar.extractfile(self._tar_members[inner])

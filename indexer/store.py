@@ -177,7 +177,10 @@ class IndexStore:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -197,7 +200,7 @@ class IndexStore:
             if self.index.ntotal == 0:
                 empty = np.zeros((len(queries), 0))
                 return empty.astype(np.float32), empty.astype(np.int64)
-            return self.index.search(queries, min(k, self.index.ntotal))  # type: ignore[no-any-return]
+            return self.index.search(queries, min(k, self.index.ntotal))
 
     def reload_if_changed(self) -> bool:
         """Load a newer committed version written by another process; True if it did."""
@@ -304,12 +307,10 @@ class IndexStore:
             copy.remove_ids(faiss.IDSelectorBatch(ids.size, faiss.swig_ptr(ids)))
             return copy
         except RuntimeError:  # e.g. HNSW: rebuild from the stored vectors
-            keep_ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            keep_ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)  # type: ignore[attr-defined]
             mask = ~np.isin(keep_ids, ids)
-            vectors = np.vstack(
-                [self.index.reconstruct(int(i)) for i in keep_ids[mask]]
-                or [np.zeros((0, self.dim), np.float32)]
-            )
+            rows = [self.index.reconstruct(int(i)) for i in keep_ids[mask]]
+            vectors = np.vstack(rows) if rows else np.zeros((0, self.dim), np.float32)
             rebuilt = new_faiss_index(self.dim, self.factory)
             if not rebuilt.is_trained:
                 rebuilt.train(vectors)

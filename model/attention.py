@@ -62,6 +62,7 @@ class DualAttention(nn.Module):
         self.fusion = nn.Conv2d(channels, channels, kernel_size=1)
         # The fusion conv starts as half the identity: P + Q = 2I at init, so the whole block is
         # the identity and training starts from the plain backbone's features.
+        assert self.fusion.bias is not None
         nn.init.zeros_(self.fusion.bias)
         with torch.no_grad():
             self.fusion.weight.copy_(0.5 * torch.eye(channels).view(channels, channels, 1, 1))

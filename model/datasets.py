@@ -151,7 +151,7 @@ def stratified_split(labels: Sequence[int], train_fraction: float = 0.8, seed: i
     for label in np.unique(label_array):
         members = np.flatnonzero(label_array == label)
         members = members[rng.permutation(len(members))]
-        n_train = int(round(train_fraction * len(members)))
+        n_train = round(train_fraction * len(members))
         n_train = min(max(n_train, 1), max(len(members) - 1, 1))
         train.extend(int(i) for i in members[:n_train])
         test.extend(int(i) for i in members[n_train:])

@@ -40,7 +40,9 @@ class Embedder(nn.Module):
         self.config = config
         self.trunk = trunk
         self.attention: nn.Module = (
-            DualAttention(channels, config.attention_reduction) if config.attention else nn.Identity()
+            DualAttention(channels, config.attention_reduction)
+            if config.attention
+            else nn.Identity()
         )
         self.pool = make_pooling(config.pooling)
         self.dim = channels

@@ -63,11 +63,11 @@ def array_to_rgb(array: np.ndarray) -> Image.Image:
 def _decode_tiff(data: bytes, max_pixels: int) -> Image.Image:
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = tif.pages[0]
-        shape = page.shape  # type: ignore[union-attr]
+        shape = page.shape
         pixels = int(np.prod(shape[:2])) if len(shape) >= 2 else 0
         if page.imagewidth * page.imagelength > max_pixels:  # type: ignore[union-attr]
             raise ImageDecodeError(f"image has {pixels} pixels, over the limit of {max_pixels}")
-        array = page.asarray()  # type: ignore[union-attr]
+        array = page.asarray()
     return array_to_rgb(np.asarray(array))
 
 
@@ -83,6 +83,10 @@ def _decode_pillow(data: bytes, max_pixels: int) -> Image.Image:
                 f"image has {image.width * image.height} pixels, over the limit of {max_pixels}"
             )
         image.load()
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I", "F"):
         return array_to_rgb(np.asarray(image))
     if image.mode in ("RGBA", "LA", "P", "PA"):

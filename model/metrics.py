@@ -74,7 +74,9 @@ class RetrievalMetrics:
 
 
 def relevance_matrix(
-    ranked_ids: np.ndarray, query_labels: Sequence[int], gallery_labels: Sequence[int]
+    ranked_ids: np.ndarray,
+    query_labels: Sequence[int] | np.ndarray,
+    gallery_labels: Sequence[int] | np.ndarray,
 ) -> np.ndarray:
     """Q x R booleans: whether the gallery item at each rank has the query's class."""
     gallery = np.asarray(gallery_labels)
@@ -83,8 +85,8 @@ def relevance_matrix(
 
 def evaluate_rankings(
     ranked_ids: np.ndarray,
-    query_labels: Sequence[int],
-    gallery_labels: Sequence[int],
+    query_labels: Sequence[int] | np.ndarray,
+    gallery_labels: Sequence[int] | np.ndarray,
     class_names: Sequence[str],
     ks: Sequence[int] = DEFAULT_KS,
     pr_points: int = 21,
@@ -114,9 +116,7 @@ def evaluate_rankings(
         if k <= n_gallery
     }
     labels = np.asarray(query_labels)
-    per_class = {
-        class_names[int(c)]: float(aps[labels == c].mean()) for c in np.unique(labels)
-    }
+    per_class = {class_names[int(c)]: float(aps[labels == c].mean()) for c in np.unique(labels)}
     # Mean interpolated PR curve over queries, at fixed recall levels.
     levels = np.linspace(0.0, 1.0, pr_points)
     curves = []

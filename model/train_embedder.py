@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -67,9 +66,12 @@ def _state_path(out: Path) -> Path:
 
 
 def embed_all(
-    net: Embedder, images: LabeledImages, preprocessing: Preprocessing, cfg: TrainConfig,
+    net: Embedder,
+    images: LabeledImages,
+    preprocessing: Preprocessing,
+    cfg: TrainConfig,
     device: torch.device,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Descriptors of every training image with the current model (for mining)."""
     loader = DataLoader(
         ImageFolderDataset(images.paths, images.labels, preprocessing.eval_transform()),
@@ -79,16 +81,25 @@ def embed_all(
     net.eval()
     chunks = []
     with torch.inference_mode():
-        for batch, _ in loader:
+        for batch, _ in tqdm(
+            loader,
+            desc="mining: embedding the train split",
+            unit="batch",
+            dynamic_ncols=True,
+            leave=False,
+        ):
             chunks.append(net(batch.to(device)).cpu())
     net.train()
     return torch.cat(chunks)
 
 
 def mine_tuples(
-    descriptors: torch.Tensor, labels: list[int], negatives: int, queries: list[int],
+    descriptors: torch.Tensor,
+    labels: list[int],
+    negatives: int,
+    queries: list[int],
     rng: random.Random,
-) -> list[list[int]]:  # fmt: skip
+) -> list[list[int]]:
     """(query, positive, hard negatives...) index tuples: negatives are the nearest other-class
     images under the current model, at most one per class so they are diverse."""
     label_array = torch.tensor(labels)
@@ -184,8 +195,9 @@ def train_embedder(
             num_workers=cfg.num_workers,
         )
         loss_sum, steps = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.max_epochs}", unit="step",
-                   dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{cfg.max_epochs}", unit="step", dynamic_ncols=True
+        )
         for batch, _ in bar:
             n_tuples = len(batch) // tuple_len
             loss = tuple_loss(net(batch.to(device)), n_tuples, cfg.margin)

@@ -27,7 +27,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        return cls(int(data["image_size"]), tuple(data["mean"]), tuple(data["std"]))  # type: ignore[arg-type]
+        return cls(int(data["image_size"]), tuple(data["mean"]), tuple(data["std"]))
 
     def eval_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """Deterministic: resize to a square, tensor, normalise."""

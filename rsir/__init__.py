@@ -1,3 +1,3 @@
-"""rsir: content-based remote sensing image retrieval. This package holds the CLI root and settings."""
+"""rsir: content-based remote sensing image retrieval. Holds the CLI root and the settings."""
 
 __version__ = "0.1.0"

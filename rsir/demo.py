@@ -44,12 +44,20 @@ def run_demo(settings: Settings, train_epochs: int, image_size: int, serve: bool
                 f"{image_size} px, {train_epochs} epochs) on the 80 % train split"
             )
             cfg = TrainConfig(
-                dataset="ucm", root=str(settings.data_root), backbone="resnet18",
-                image_size=image_size, batch_size=16, max_epochs=train_epochs, lr=3e-4,
-                negatives=1, num_workers=settings.num_workers, device=settings.device,
-                imagenet_weights=str(settings.imagenet_weights) if settings.imagenet_weights
+                dataset="ucm",
+                root=str(settings.data_root),
+                backbone="resnet18",
+                image_size=image_size,
+                batch_size=16,
+                max_epochs=train_epochs,
+                lr=3e-4,
+                negatives=1,
+                num_workers=settings.num_workers,
+                device=settings.device,
+                imagenet_weights=str(settings.imagenet_weights)
+                if settings.imagenet_weights
                 else None,
-            )  # fmt: skip
+            )
             train_embedder(cfg, checkpoint)
         else:
             typer.echo(f"[2/4] using the trained checkpoint {checkpoint}")
@@ -59,10 +67,15 @@ def run_demo(settings: Settings, train_epochs: int, image_size: int, serve: bool
     typer.echo(f"[3/4] indexing {ucm.root} into {settings.index_dir}")
     with progress_bar("indexing") as progress:
         summary = index_source(
-            ucm.root, checkpoint_path=checkpoint, index_dir=settings.index_dir,
-            db_url=settings.resolved_db_url(), batch_size=settings.batch_size,
-            num_workers=settings.num_workers, device=settings.device, progress=progress,
-        )  # fmt: skip
+            ucm.root,
+            checkpoint_path=checkpoint,
+            index_dir=settings.index_dir,
+            db_url=settings.resolved_db_url(),
+            batch_size=settings.batch_size,
+            num_workers=settings.num_workers,
+            device=settings.device,
+            progress=progress,
+        )
     typer.echo(
         f"      added {summary.added}, already indexed {summary.skipped_existing}, "
         f"corrupt {summary.corrupt}; index holds {summary.index_total}"
@@ -72,22 +85,30 @@ def run_demo(settings: Settings, train_epochs: int, image_size: int, serve: bool
     typer.echo(f"[4/4] evaluating (queries: 20 % test split, gallery: 80 % train split) -> {out}")
     with progress_bar("embedding") as progress:
         results = evaluate_retrieval(
-            checkpoint_path=checkpoint, dataset="ucm", root=settings.data_root, out_dir=out,
-            batch_size=settings.batch_size, num_workers=settings.num_workers,
-            device=settings.device, cache_dir=work / "cache", progress=progress,
-        )  # fmt: skip
+            checkpoint_path=checkpoint,
+            dataset="ucm",
+            root=settings.data_root,
+            out_dir=out,
+            batch_size=settings.batch_size,
+            num_workers=settings.num_workers,
+            device=settings.device,
+            cache_dir=work / "cache",
+            progress=progress,
+        )
     typer.echo(format_results_table(results))
 
     searcher = Searcher.open(settings.index_dir, checkpoint, settings.resolved_db_url())
-    query_path = ucm.paths[ucm.labels.index(ucm.class_names.index("airplane"))] if (
-        "airplane" in ucm.class_names) else ucm.paths[0]  # fmt: skip
+    query_path = (
+        ucm.paths[ucm.labels.index(ucm.class_names.index("airplane"))]
+        if ("airplane" in ucm.class_names)
+        else ucm.paths[0]
+    )
     hits = searcher.search_images([read_image(Path(query_path))], k=5)[0]
     typer.echo(f"search for {query_path.name}:")
     for rank, hit in enumerate(hits, 1):
         typer.echo(f"  {rank}. {hit.score:.3f} {hit.label or '-':<18} {hit.path}")
     typer.echo(
-        f"mAP {results['map']:.4f} (init {results['init']}) in "
-        f"{time.monotonic() - started:.0f} s"
+        f"mAP {results['map']:.4f} (init {results['init']}) in {time.monotonic() - started:.0f} s"
     )
     if serve:
         _serve(settings, checkpoint)

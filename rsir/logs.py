@@ -10,5 +10,5 @@ def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    for noisy in ("PIL", "matplotlib", "alembic", "httpx"):
+    for noisy in ("PIL", "matplotlib", "alembic", "httpx", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -48,9 +48,16 @@ def trained_checkpoint(small_folder: Path, tmp_path_factory: pytest.TempPathFact
 
     out = tmp_path_factory.mktemp("ckpt") / "embedder.pt"
     cfg = TrainConfig(
-        dataset="folder", root=str(small_folder), backbone="resnet18", image_size=64,
-        batch_size=4, max_epochs=1, negatives=1, num_workers=0, pretrained=False,
-    )  # fmt: skip
+        dataset="folder",
+        root=str(small_folder),
+        backbone="resnet18",
+        image_size=64,
+        batch_size=4,
+        max_epochs=1,
+        negatives=1,
+        num_workers=0,
+        pretrained=False,
+    )
     return train_embedder(cfg, out)
 
 

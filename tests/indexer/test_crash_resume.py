@@ -33,12 +33,27 @@ def test_killed_index_run_resumes_consistently(trained_checkpoint: Path, tmp_pat
     folder = make_class_folder(tmp_path / "src", 30)  # 120 real images
     index_dir = tmp_path / "idx"
     db = index_dir / "metadata.db"
-    cmd = [sys.executable, "-m", "rsir", "index", str(folder), "--checkpoint",
-           str(trained_checkpoint), "--index-dir", str(index_dir), "--batch-size", "4",
-           "--num-workers", "1", "--commit-every", "4"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "rsir",
+        "index",
+        str(folder),
+        "--checkpoint",
+        str(trained_checkpoint),
+        "--index-dir",
+        str(index_dir),
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "1",
+        "--commit-every",
+        "4",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 240
     while committed_versions(db) < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

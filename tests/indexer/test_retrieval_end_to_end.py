@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import shutil
 import tarfile
@@ -45,11 +46,20 @@ def test_help_lists_the_commands() -> None:
         assert command in result.output
 
 
-def test_index_search_and_reindex(small_folder: Path, trained_checkpoint: Path,
-                                  tmp_path: Path) -> None:  # fmt: skip
+def test_index_search_and_reindex(
+    small_folder: Path, trained_checkpoint: Path, tmp_path: Path
+) -> None:
     index_dir = tmp_path / "idx"
-    args = ["index", str(small_folder), "--checkpoint", str(trained_checkpoint),
-            "--index-dir", str(index_dir), "--num-workers", "1"]  # fmt: skip
+    args = [
+        "index",
+        str(small_folder),
+        "--checkpoint",
+        str(trained_checkpoint),
+        "--index-dir",
+        str(index_dir),
+        "--num-workers",
+        "1",
+    ]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "added 40" in first.output
@@ -57,14 +67,15 @@ def test_index_search_and_reindex(small_folder: Path, trained_checkpoint: Path,
     assert again.exit_code == 0 and "added 0, already indexed 40" in again.output
 
     query = small_folder / "harbor" / ucm_files("harbor", 3)[2].name
-    result = runner.invoke(app, ["search", str(query), "--index-dir", str(index_dir), "-k", "5",
-                                 "--json"])  # fmt: skip
+    result = runner.invoke(
+        app, ["search", str(query), "--index-dir", str(index_dir), "-k", "5", "--json"]
+    )
     assert result.exit_code == 0, result.output
     hits = json.loads(result.output)
     assert len(hits) == 5
     assert hits[0]["path"] == "harbor/" + query.name and hits[0]["label"] == "harbor"
     assert hits[0]["score"] > 0.99
-    assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:], strict=False))
+    assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(hits))
 
     db_ids, index_ids = db_ids_and_index_ids(index_dir, f"sqlite:///{index_dir / 'metadata.db'}")
     assert db_ids == index_ids and len(db_ids) == 40
@@ -74,8 +85,9 @@ def test_index_search_and_reindex(small_folder: Path, trained_checkpoint: Path,
     db_ids, index_ids = db_ids_and_index_ids(index_dir, f"sqlite:///{index_dir / 'metadata.db'}")
     assert db_ids == index_ids and len(db_ids) == 39 and hits[1]["id"] not in db_ids
 
-    by_source = runner.invoke(app, ["remove", "--source", str(small_folder), "--index-dir",
-                                    str(index_dir)])  # fmt: skip
+    by_source = runner.invoke(
+        app, ["remove", "--source", str(small_folder), "--index-dir", str(index_dir)]
+    )
     assert by_source.exit_code == 0 and "removed 39" in by_source.output
 
 
@@ -83,19 +95,36 @@ def test_search_with_another_models_checkpoint_is_refused(
     small_folder: Path, trained_checkpoint: Path, other_checkpoint: Path, tmp_path: Path
 ) -> None:
     index_dir = tmp_path / "idx"
-    index_source(small_folder / "beach", checkpoint_path=trained_checkpoint,
-                 index_dir=index_dir, num_workers=0)  # fmt: skip
+    index_source(
+        small_folder / "beach",
+        checkpoint_path=trained_checkpoint,
+        index_dir=index_dir,
+        num_workers=0,
+    )
     query = next((small_folder / "beach").iterdir())
-    result = runner.invoke(app, ["search", str(query), "--index-dir", str(index_dir),
-                                 "--checkpoint", str(other_checkpoint)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            str(query),
+            "--index-dir",
+            str(index_dir),
+            "--checkpoint",
+            str(other_checkpoint),
+        ],
+    )
     assert result.exit_code == 2
     from model.checkpoint import load_checkpoint
 
     mine, theirs = load_checkpoint(trained_checkpoint), load_checkpoint(other_checkpoint)
     assert mine.fingerprint in result.output and theirs.fingerprint in result.output
     with pytest.raises(ModelMismatchError):
-        index_source(small_folder / "forest", checkpoint_path=other_checkpoint,
-                     index_dir=index_dir, num_workers=0)  # fmt: skip
+        index_source(
+            small_folder / "forest",
+            checkpoint_path=other_checkpoint,
+            index_dir=index_dir,
+            num_workers=0,
+        )
 
 
 def test_zip_with_corrupt_and_text_files_skips_and_counts(
@@ -110,8 +139,9 @@ def test_zip_with_corrupt_and_text_files_skips_and_counts(
         zf.writestr("forest/broken.jpg", data[: len(data) // 4])
         zf.writestr("forest/notes.txt", "field notes, not an image")
         zf.writestr("beach/fake.png", b"this is text with an image name")
-    summary = index_source(archive, checkpoint_path=trained_checkpoint,
-                           index_dir=tmp_path / "idx", num_workers=1)  # fmt: skip
+    summary = index_source(
+        archive, checkpoint_path=trained_checkpoint, index_dir=tmp_path / "idx", num_workers=1
+    )
     assert summary.added == 3
     assert summary.corrupt == 2 and summary.non_image == 1
     assert {p for p, _ in summary.failed} == {"forest/broken.jpg", "beach/fake.png"}
@@ -126,8 +156,9 @@ def test_tar_gz_and_geotiff_scene_sources(trained_checkpoint: Path, tmp_path: Pa
     with tarfile.open(archive, "w:gz") as tf:
         for path in ucm_files("beach", 4):
             tf.add(path, arcname=f"UCMerced_LandUse/Images/beach/{path.name}")
-    summary = index_source(archive, checkpoint_path=trained_checkpoint,
-                           index_dir=tmp_path / "idx", num_workers=1)  # fmt: skip
+    summary = index_source(
+        archive, checkpoint_path=trained_checkpoint, index_dir=tmp_path / "idx", num_workers=1
+    )
     assert summary.added == 4
     # A 512 x 512 16-bit 4-band "scene" made of four real images -> four 256-px tiles
     tiles = [np.asarray(read_image(p)) for p in ucm_files("forest", 2) + ucm_files("harbor", 2)]
@@ -136,8 +167,9 @@ def test_tar_gz_and_geotiff_scene_sources(trained_checkpoint: Path, tmp_path: Pa
     scene = np.concatenate([scene, scene[..., :1]], axis=-1)
     scene_path = tmp_path / "scene.tif"
     tifffile.imwrite(scene_path, scene, photometric="minisblack", planarconfig="contig")
-    summary = index_source(scene_path, checkpoint_path=trained_checkpoint,
-                           index_dir=tmp_path / "idx", num_workers=1)  # fmt: skip
+    summary = index_source(
+        scene_path, checkpoint_path=trained_checkpoint, index_dir=tmp_path / "idx", num_workers=1
+    )
     assert summary.added == 4 and summary.corrupt == 0
     from indexer.sources import read_entry
 
@@ -151,11 +183,24 @@ def read_image_bytes(data: bytes):  # type: ignore[no-untyped-def]
     return Image.open(io.BytesIO(data))
 
 
-def test_evaluate_writes_json_and_png(small_folder: Path, trained_checkpoint: Path,
-                                      tmp_path: Path) -> None:  # fmt: skip
+def test_evaluate_writes_json_and_png(
+    small_folder: Path, trained_checkpoint: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "eval"
-    result = runner.invoke(app, ["evaluate", "--checkpoint", str(trained_checkpoint), "--dataset",
-                                 "folder", "--root", str(small_folder), "--out", str(out)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(trained_checkpoint),
+            "--dataset",
+            "folder",
+            "--root",
+            str(small_folder),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["map"] <= 1.0
@@ -166,9 +211,22 @@ def test_evaluate_writes_json_and_png(small_folder: Path, trained_checkpoint: Pa
     assert (out / "pr_curve.png").read_bytes()[:4] == b"\x89PNG"
     split = json.loads((out / "split.json").read_text())
     assert not set(split["train"]) & set(split["test"])
-    all_vs_all = runner.invoke(app, ["evaluate", "--checkpoint", str(trained_checkpoint),
-                                     "--dataset", "folder", "--root", str(small_folder), "--out",
-                                     str(tmp_path / "ava"), "--protocol", "all-vs-all"])  # fmt: skip
+    all_vs_all = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(trained_checkpoint),
+            "--dataset",
+            "folder",
+            "--root",
+            str(small_folder),
+            "--out",
+            str(tmp_path / "ava"),
+            "--protocol",
+            "all-vs-all",
+        ],
+    )
     assert all_vs_all.exit_code == 0, all_vs_all.output
     ava = json.loads((tmp_path / "ava" / "results.json").read_text())
     assert ava["n_queries"] == 40 and ava["n_gallery"] == 39
@@ -178,28 +236,49 @@ def test_store_agrees_with_db_on_both_databases(
     db_url: str, small_folder: Path, trained_checkpoint: Path, tmp_path: Path
 ) -> None:
     index_dir = tmp_path / "idx"
-    summary = index_source(small_folder / "agricultural", checkpoint_path=trained_checkpoint,
-                           index_dir=index_dir, db_url=db_url, num_workers=0,
-                           batch_size=4, commit_every=4)  # fmt: skip
+    summary = index_source(
+        small_folder / "agricultural",
+        checkpoint_path=trained_checkpoint,
+        index_dir=index_dir,
+        db_url=db_url,
+        num_workers=0,
+        batch_size=4,
+        commit_every=4,
+    )
     assert summary.added == 10 and summary.index_version >= 3
     db_ids, index_ids = db_ids_and_index_ids(index_dir, db_url)
     assert db_ids == index_ids and len(db_ids) == 10
     assert len(list(index_dir.glob("index-v*.faiss"))) == 1  # old versions cleaned up
 
 
-def test_failed_index_write_rolls_back(db_url: str, small_folder: Path, trained_checkpoint: Path,
-                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_failed_index_write_rolls_back(
+    db_url: str,
+    small_folder: Path,
+    trained_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     index_dir = tmp_path / "idx"
-    index_source(small_folder / "beach", checkpoint_path=trained_checkpoint,
-                 index_dir=index_dir, db_url=db_url, num_workers=0)  # fmt: skip
+    index_source(
+        small_folder / "beach",
+        checkpoint_path=trained_checkpoint,
+        index_dir=index_dir,
+        db_url=db_url,
+        num_workers=0,
+    )
 
     def disk_full(*_args: object) -> None:
         raise OSError("No space left on device")
 
     monkeypatch.setattr(faiss, "write_index", disk_full)
     with pytest.raises(OSError, match="No space"):
-        index_source(small_folder / "forest", checkpoint_path=trained_checkpoint,
-                     index_dir=index_dir, db_url=db_url, num_workers=0)  # fmt: skip
+        index_source(
+            small_folder / "forest",
+            checkpoint_path=trained_checkpoint,
+            index_dir=index_dir,
+            db_url=db_url,
+            num_workers=0,
+        )
     monkeypatch.undo()
     engine = make_engine(db_url)
     with make_sessionmaker(engine)() as session:
@@ -207,8 +286,13 @@ def test_failed_index_write_rolls_back(db_url: str, small_folder: Path, trained_
     engine.dispose()
     db_ids, index_ids = db_ids_and_index_ids(index_dir, db_url)
     assert db_ids == index_ids and len(db_ids) == 10
-    resumed = index_source(small_folder / "forest", checkpoint_path=trained_checkpoint,
-                           index_dir=index_dir, db_url=db_url, num_workers=0)  # fmt: skip
+    resumed = index_source(
+        small_folder / "forest",
+        checkpoint_path=trained_checkpoint,
+        index_dir=index_dir,
+        db_url=db_url,
+        num_workers=0,
+    )
     assert resumed.added == 10 and resumed.index_total == 20
 
 

@@ -92,10 +92,11 @@ def _real_array() -> np.ndarray:
 
 def test_16_bit_multiband_tiff_keeps_first_three_bands_scaled() -> None:
     rgb = _real_array().astype(np.uint16) * 100 + 500  # 16-bit range
-    nir = np.full(rgb.shape[:2] + (1,), 65000, dtype=np.uint16)
+    nir = np.full((*rgb.shape[:2], 1), 65000, dtype=np.uint16)
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, np.concatenate([rgb, nir], axis=-1), photometric="minisblack",
-                     planarconfig="contig")  # fmt: skip
+    tifffile.imwrite(
+        buffer, np.concatenate([rgb, nir], axis=-1), photometric="minisblack", planarconfig="contig"
+    )
     image = decode_image(buffer.getvalue())
     assert image.mode == "RGB" and image.size == (256, 256)
     out = np.asarray(image)

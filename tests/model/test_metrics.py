@@ -61,6 +61,7 @@ def test_evaluate_rankings_map_and_per_class() -> None:
 
 def test_all_vs_all_counts_one_relevant_fewer() -> None:
     # the query (class 0) was removed from its ranking; the gallery holds 2 of class 0 with it
-    m = evaluate_rankings(np.array([[1, 2]]), [0], [0, 0, 1], ["a", "b"], ks=(1,),
-                          queries_in_gallery=True)  # fmt: skip
+    m = evaluate_rankings(
+        np.array([[1, 2]]), [0], [0, 0, 1], ["a", "b"], ks=(1,), queries_in_gallery=True
+    )
     assert m.map == 1.0
