@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from indexer.cli import app as indexer_app
+from model.classifier_cli import app as classifier_app
 from model.cli import app as model_app
+from service.cli import app as service_app
 from rsir.logs import configure_logging
 from rsir.settings import get_settings
 
@@ -15,9 +17,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for sub in (model_app, indexer_app):
-    for command in sub.registered_commands:
-        app.registered_commands.append(command)
+for sub in (model_app, indexer_app, classifier_app, service_app):
+    app.registered_commands.extend(sub.registered_commands)
+    app.registered_groups.extend(sub.registered_groups)
 
 
 @app.callback()
