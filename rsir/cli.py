@@ -30,7 +30,7 @@ def _root() -> None:
 @app.command()
 def demo(
     train_epochs: int = typer.Option(2, help="Epochs of the small demo embedder."),
-    image_size: int = typer.Option(96, help="Input size of the demo embedder."),
+    image_size: int = typer.Option(64, help="Input size of the demo embedder."),
     serve: bool = typer.Option(True, help="End with the service running."),
 ) -> None:
     """The main job: train a small embedder on UCM, index it, evaluate, show a search."""
