@@ -1,0 +1,508 @@
+"""Benchmark HTTP query-by-image under load: `rsir serve` on 127.0.0.1 with a real UCM index.
+
+Why: the service's promise is that concurrent queries are batched into one forward pass, so
+throughput grows with the number of clients while latency stays bounded. This measures it the
+way a user meets it: real JPEG uploads over HTTP to a real `rsir serve` subprocess (in-process
+worker, embedded SQLite, FAISS Flat) holding an index of all UCM images.
+
+For each worker configuration (batched: RSIR_BATCH_MAX_SIZE=16, and batch size 1) and each
+concurrency (1, 8, 32 clients, httpx async, keep-alive) it sends a fixed number of requests and
+reports throughput, p50/p95/p99 latency, and the server's mean batch size (from /metrics). In the
+same run it times the bare work of one query in this process (decode + embed + FAISS + DB rows,
+no HTTP) and reports end-to-end p50 / bare p50. Every request must be answered with k hits: the
+script exits non-zero otherwise (after writing the report, with the failures in it).
+
+The embedder is small on purpose (ResNet-18 + dual attention + GeM at 96 px, seeded random
+initialisation unless --checkpoint names a trained one): the figures are about serving, not
+retrieval quality, and the run must fit in about ten minutes on two CPU cores.
+
+Usage::
+
+    .venv/bin/python bench/http_load.py                       # full run, bench/results/http_load.*
+    .venv/bin/python bench/http_load.py --quick --out /tmp    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import itertools
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
+UCM_SUBDIR = Path("UCMerced_LandUse") / "Images"
+HOST = "127.0.0.1"  # never anything else: the benchmark must not leave this machine
+
+
+@dataclass
+class LevelResult:
+    """One concurrency level against one server configuration."""
+
+    concurrency: int
+    requests: int
+    ok: int
+    failed: int
+    wall_s: float
+    throughput_rps: float
+    latency_ms: dict[str, float]
+    server_batches: int
+    server_mean_batch: float | None
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConfigResult:
+    """All levels of one worker configuration."""
+
+    name: str
+    batch_max_size: int
+    batch_max_wait_ms: float
+    startup_s: float
+    levels: list[LevelResult]
+    e2e_p50_over_bare_p50: float | None = None
+
+
+def percentiles(values_s: list[float]) -> dict[str, float]:
+    """p50/p95/p99/mean/max in milliseconds (linear interpolation, as numpy does)."""
+    if not values_s:
+        return {}
+    ms = np.asarray(values_s) * 1000.0
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 2),
+        "p95": round(float(np.percentile(ms, 95)), 2),
+        "p99": round(float(np.percentile(ms, 99)), 2),
+        "mean": round(float(ms.mean()), 2),
+        "max": round(float(ms.max()), 2),
+    }
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------- set-up
+def make_random_checkpoint(path: Path, image_size: int, classes: list[str]) -> Path:
+    """A seeded, randomly initialised ResNet-18 embedder (no weights can be downloaded here)."""
+    import torch
+
+    from model.checkpoint import embedder_checkpoint, save_checkpoint
+    from model.embedder import EmbedderConfig, build_embedder
+    from model.transforms import Preprocessing
+
+    torch.manual_seed(0)
+    net, init = build_embedder(EmbedderConfig(backbone="resnet18"), pretrained=False)
+    net.eval()
+    ckpt = embedder_checkpoint(net, Preprocessing(image_size=image_size), classes, init, "ucm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(ckpt, path)
+    return path
+
+
+def build_index(source: Path, checkpoint: Path, index_dir: Path) -> dict[str, Any]:
+    """Index every UCM image (a re-run finds them indexed and adds nothing)."""
+    from indexer.pipeline import index_source
+
+    started = time.perf_counter()
+    summary = index_source(
+        source, checkpoint_path=checkpoint, index_dir=index_dir, batch_size=32, num_workers=1,
+        device="cpu",
+    )  # fmt: skip
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "added": summary.added,
+        "already_indexed": summary.skipped_existing,
+        "total": summary.index_total,
+        "failed": len(summary.failed) + summary.corrupt,
+    }
+
+
+def query_payloads(source: Path, count: int) -> list[tuple[str, bytes]]:
+    """`count` real UCM JPEGs spread over all classes, read once into memory."""
+    files = sorted(source.glob("*/*.jpg"))
+    step = max(1, len(files) // count)
+    return [(p.name, p.read_bytes()) for p in files[::step][:count]]
+
+
+def bare_query_times(
+    index_dir: Path, checkpoint: Path, payloads: list[tuple[str, bytes]], k: int, repeats: int
+) -> list[float]:
+    """Seconds of decode + embed + FAISS + DB rows for one image, no HTTP, in this process.
+
+    Run on a thread of its own, as the server's batcher runs its forward passes: on two shared
+    cores, torch's OpenMP team on the main thread was 5 to 15 times slower under load, which
+    would make the ratio to end-to-end latency meaningless.
+    """
+    from indexer.search import Searcher
+    from model.imageio import decode_image
+
+    searcher = Searcher.open(index_dir, checkpoint_path=checkpoint, device="cpu")
+    times: list[float] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for i in range(repeats + 5):
+                _, data = payloads[i % len(payloads)]
+                started = time.perf_counter()
+                hits = searcher.search_images([decode_image(data)], k)[0]
+                elapsed = time.perf_counter() - started
+                if len(hits) != k:
+                    raise RuntimeError(f"bare search returned {len(hits)} hits, expected {k}")
+                if i >= 5:  # the first few warm up allocators and caches
+                    times.append(elapsed)
+        except BaseException as exc:  # re-raised in the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=work, name="bare-query")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return times
+
+
+# ---------------------------------------------------------------------------- server
+class Server:
+    """`rsir serve` as a subprocess on 127.0.0.1 with the given settings."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        command = [sys.executable, "-c", "from rsir.cli import main; main()", "serve",
+                   "--host", HOST, "--port", str(self.port)]  # fmt: skip
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 300.0) -> float:
+        """Seconds until /ready answered 200."""
+        started = time.perf_counter()
+        last = "no answer"
+        while time.perf_counter() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rsir serve exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                response = httpx.get(f"{self.url}/ready", timeout=5.0)
+                if response.status_code == 200:
+                    return time.perf_counter() - started
+                last = f"{response.status_code} {response.text[:300]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.25)
+        raise RuntimeError(f"rsir serve not ready after {timeout} s: {last}")
+
+    def batch_counters(self) -> tuple[float, float]:
+        """(sum, count) of the search batcher's batch-size histogram."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{self.url}/metrics", timeout=10.0).text
+        total = count = 0.0
+        for family in text_string_to_metric_families(text):
+            if family.name != "rsir_batch_size":
+                continue
+            for sample in family.samples:
+                if sample.labels.get("batcher") != "search":
+                    continue
+                if sample.name.endswith("_sum"):
+                    total = sample.value
+                elif sample.name.endswith("_count"):
+                    count = sample.value
+        return total, count
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------------------- load
+async def _load(
+    url: str, payloads: list[tuple[str, bytes]], concurrency: int, n_requests: int, k: int
+) -> tuple[list[float], list[str], float]:
+    """`concurrency` clients share `n_requests` POST /search; latencies, failures, wall time."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    counter = itertools.count()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=300.0, limits=limits) as client:
+
+        async def one_client() -> None:
+            while (i := next(counter)) < n_requests:
+                name, data = payloads[i % len(payloads)]
+                started = time.perf_counter()
+                try:
+                    response = await client.post(
+                        "/search",
+                        files={"image": (name, data, "image/jpeg")},
+                        data={"k": str(k)},
+                    )
+                    elapsed = time.perf_counter() - started
+                    if response.status_code != 200:
+                        failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
+                    elif len(response.json()["hits"]) != k:
+                        failures.append(f"{len(response.json()['hits'])} hits instead of {k}")
+                    else:
+                        latencies.append(elapsed)
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return latencies, failures, wall
+
+
+def run_level(
+    server: Server, payloads: list[tuple[str, bytes]], concurrency: int, n_requests: int, k: int
+) -> LevelResult:
+    """One measured level, with the server's batch sizes over exactly that level."""
+    sum0, count0 = server.batch_counters()
+    latencies, failures, wall = asyncio.run(_load(server.url, payloads, concurrency, n_requests, k))
+    sum1, count1 = server.batch_counters()
+    batches = int(count1 - count0)
+    return LevelResult(
+        concurrency=concurrency,
+        requests=n_requests,
+        ok=len(latencies),
+        failed=len(failures),
+        wall_s=round(wall, 3),
+        throughput_rps=round(len(latencies) / wall, 2) if wall > 0 else 0.0,
+        latency_ms=percentiles(latencies),
+        server_batches=batches,
+        server_mean_batch=round((sum1 - sum0) / batches, 2) if batches else None,
+        failures=failures[:10],
+    )
+
+
+# ---------------------------------------------------------------------------- report
+def machine() -> dict[str, Any]:
+    """The machine, and how busy it was (the cores are shared with other work)."""
+    from model.machine import machine_info
+
+    info = machine_info()
+    info["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+    import torch
+
+    info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The human-readable report."""
+    m = report["machine"]
+    model = report["model"]
+    lines = [
+        "# HTTP search under load",
+        "",
+        f"Run {report['date']} by `bench/http_load.py`"
+        f" ({'quick smoke run' if report['quick'] else 'full run'}).",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, GPU: {m['gpu']};"
+        f" Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads);"
+        f" load average at start {m['load_average_1_5_15']} (cores shared with other work).",
+        f"- Model: {model['backbone']} + dual attention + {model['pooling']}, {model['image_size']}"
+        f" px, init `{model['init']}`, fingerprint `{model['fingerprint']}`"
+        f" ({model['source']}). Figures are about serving, not retrieval quality.",
+        f"- Data: {report['index']['total']} UCM images (all of {report['data']}), FAISS Flat"
+        f" (inner product), SQLite metadata; index built in {report['index']['seconds']} s"
+        f" ({report['index']['added']} added this run).",
+        f"- Server: `rsir serve` on {HOST}, in-process worker, device cpu; clients: httpx async"
+        f" in this process, keep-alive, one connection per client; `POST /search` with a real"
+        f" UCM JPEG (~{report['query_kib']} KiB) and k={report['k']}.",
+        f"- Bare query (decode + embed + FAISS + DB rows of one image, no HTTP, in the benchmark"
+        f" process): p50 {report['bare']['latency_ms']['p50']} ms, p95"
+        f" {report['bare']['latency_ms']['p95']} ms over {report['bare']['n']} queries.",
+        "",
+        "| worker | clients | requests | ok | failed | throughput (req/s) | p50 ms | p95 ms"
+        " | p99 ms | mean server batch |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for config in report["configs"]:
+        for level in config["levels"]:
+            lat = level["latency_ms"]
+            lines.append(
+                f"| {config['name']} | {level['concurrency']} | {level['requests']} |"
+                f" {level['ok']} | {level['failed']} | {level['throughput_rps']} |"
+                f" {lat.get('p50', '-')} | {lat.get('p95', '-')} | {lat.get('p99', '-')} |"
+                f" {'-' if level['server_mean_batch'] is None else level['server_mean_batch']} |"
+            )
+    lines += ["", "End-to-end p50 with 1 client over bare p50 (HTTP, multipart, upload checks,"
+              " batcher hand-off and JSON on top of the same work):", ""]  # fmt: skip
+    for config in report["configs"]:
+        lines.append(f"- {config['name']}: {config['e2e_p50_over_bare_p50']}x")
+    lines += ["", "Speed-up of the batched worker over batch size 1 (throughput):", ""]
+    for level_b, level_1 in zip(
+        report["configs"][0]["levels"], report["configs"][1]["levels"], strict=True
+    ):
+        ratio = (
+            level_b["throughput_rps"] / level_1["throughput_rps"]
+            if level_1["throughput_rps"]
+            else 0
+        )
+        lines.append(f"- {level_b['concurrency']} clients: {ratio:.2f}x")
+    verdict = "every request answered with k hits" if report["all_ok"] else "FAILURES: see JSON"
+    lines += ["", f"Result: {report['total_ok']} of {report['total_requests']} requests answered;"
+              f" {verdict}.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench" / "http_load")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="a trained embedder")
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=128, help="requests per level")
+    parser.add_argument("--batch-sizes", type=int, nargs=2, default=[16, 1])
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--bare-repeats", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--quick", action="store_true", help="few requests; a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.bare_repeats = 24, 10
+
+    source = (args.data_root / UCM_SUBDIR).resolve()
+    if not source.is_dir():
+        print(f"no UCM images at {source} (use --data-root)", file=sys.stderr)
+        return 2
+    work = args.work_dir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    info = machine()
+
+    if args.checkpoint is None:
+        checkpoint = work / f"embedder-r18-{args.image_size}px-random-seed0.pt"
+        if not checkpoint.is_file():
+            classes = sorted(p.name for p in source.iterdir() if p.is_dir())
+            make_random_checkpoint(checkpoint, args.image_size, classes)
+        model_source = "seeded random initialisation, made by this script"
+    else:
+        checkpoint = args.checkpoint.resolve()
+        model_source = f"checkpoint {checkpoint.name}"
+    from model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    index_dir = work / f"index-{ckpt.fingerprint[:12]}"
+    print(f"indexing {source} into {index_dir} ...", flush=True)
+    index = build_index(source, checkpoint, index_dir)
+    print(f"index: {index}", flush=True)
+    payloads = query_payloads(source, 64)
+
+    bare_before = bare_query_times(index_dir, checkpoint, payloads, args.k, args.bare_repeats)
+    print(f"bare query p50 {statistics.median(bare_before) * 1000:.1f} ms", flush=True)
+
+    env_base = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("RSIR_")  # the benchmark's settings only, none from the shell
+    }
+    env_base.update(
+        RSIR_INDEX_DIR=str(index_dir),
+        RSIR_CHECKPOINT=str(checkpoint),
+        RSIR_DATA_ROOT=str(args.data_root.resolve()),
+        RSIR_DEVICE="cpu",
+        RSIR_LOG_LEVEL="WARNING",
+        RSIR_BATCH_MAX_WAIT_MS=str(args.batch_wait_ms),
+    )
+    configs: list[ConfigResult] = []
+    for batch_size in args.batch_sizes:
+        name = f"batched (max {batch_size})" if batch_size > 1 else "batch size 1"
+        env = {**env_base, "RSIR_BATCH_MAX_SIZE": str(batch_size)}
+        with tempfile.NamedTemporaryFile(prefix="rsir-serve-", suffix=".log", delete=False) as f:
+            log = Path(f.name)
+        server = Server(env, log)
+        try:
+            startup = server.wait_ready()
+            run_level(server, payloads, 8, 16, args.k)  # warm-up, not reported
+            levels = []
+            for concurrency in args.concurrency:
+                level = run_level(server, payloads, concurrency, args.requests, args.k)
+                print(f"{name}, {concurrency} clients: {level.throughput_rps} req/s,"
+                      f" p50 {level.latency_ms.get('p50')} ms, p99 {level.latency_ms.get('p99')}"
+                      f" ms, mean batch {level.server_mean_batch}, failed {level.failed}",
+                      flush=True)  # fmt: skip
+                levels.append(level)
+        finally:
+            server.stop()
+        configs.append(
+            ConfigResult(name, batch_size, args.batch_wait_ms, round(startup, 2), levels)
+        )
+
+    bare_after = bare_query_times(index_dir, checkpoint, payloads, args.k, args.bare_repeats)
+    bare = bare_before + bare_after
+    bare_p50 = statistics.median(bare)
+    for config in configs:
+        single = next((lv for lv in config.levels if lv.concurrency == 1), None)
+        if single is not None and single.latency_ms:
+            config.e2e_p50_over_bare_p50 = round(single.latency_ms["p50"] / (bare_p50 * 1000.0), 2)
+
+    total_requests = sum(lv.requests for c in configs for lv in c.levels)
+    total_ok = sum(lv.ok for c in configs for lv in c.levels)
+    report: dict[str, Any] = {
+        "benchmark": "http_load",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": info,
+        "model": {
+            "backbone": ckpt.config.get("backbone"),
+            "pooling": ckpt.config.get("pooling"),
+            "attention": ckpt.config.get("attention"),
+            "image_size": ckpt.preprocessing.image_size,
+            "init": ckpt.init,
+            "fingerprint": ckpt.fingerprint,
+            "source": model_source,
+        },
+        "data": str(UCM_SUBDIR),
+        "index": index,
+        "k": args.k,
+        "query_kib": round(statistics.mean(len(d) for _, d in payloads) / 1024, 1),
+        "bare": {
+            "what": "decode + embed + FAISS + DB rows of one image, no HTTP, benchmark process",
+            "n": len(bare),
+            "latency_ms": percentiles(bare),
+            "p50_before_ms": round(statistics.median(bare_before) * 1000, 2),
+            "p50_after_ms": round(statistics.median(bare_after) * 1000, 2),
+        },
+        "configs": [asdict(c) for c in configs],
+        "total_requests": total_requests,
+        "total_ok": total_ok,
+        "all_ok": total_ok == total_requests,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "http_load.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "http_load.md").write_text(markdown(report))
+    print(markdown(report))
+    if not report["all_ok"]:
+        print(f"FAILED: {total_requests - total_ok} requests not answered", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
