@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from typing import Any, Protocol
 
+import anyio.to_thread
 import httpx
 from PIL import Image
 
@@ -34,6 +35,8 @@ class Backend(Protocol):
     async def classify(
         self, data: bytes, image: Image.Image, model: str | None, top_k: int, explain: bool
     ) -> ClassifyResult: ...
+
+    async def remove_image(self, image_id: int) -> int: ...
 
     async def models(self) -> list[ModelInfo]: ...
 
@@ -63,6 +66,9 @@ class LocalBackend:
         self, data: bytes, image: Image.Image, model: str | None, top_k: int, explain: bool
     ) -> ClassifyResult:
         return await self.core.classify(image, model, top_k, explain)
+
+    async def remove_image(self, image_id: int) -> int:
+        return await anyio.to_thread.run_sync(self.core.remove_images, [image_id])
 
     async def models(self) -> list[ModelInfo]:
         return self.core.models()
@@ -156,6 +162,10 @@ class RemoteBackend:
         params = self._params(model=model, top_k=top_k, explain=str(explain).lower())
         response = await self._request("POST", "/classify", params=params, content=data)
         return classify_from_json(response.json())
+
+    async def remove_image(self, image_id: int) -> int:
+        response = await self._request("DELETE", f"/images/{image_id}")
+        return int(response.json()["removed"])
 
     async def models(self) -> list[ModelInfo]:
         response = await self._request("GET", "/models")

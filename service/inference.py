@@ -362,6 +362,28 @@ class InferenceCore:
             raise NotFoundError(f"no image with id {image_id}")
         return row
 
+    def remove_images(self, image_ids: list[int]) -> int:
+        """Delete images from index and DB together (a new index version); 404 if unknown."""
+        if self.checkpoint is None:
+            raise NotReadyError("no embedder loaded: " + "; ".join(self.problems))
+        for image_id in image_ids:
+            self.image_row(image_id)
+        try:
+            writer = IndexStore.open(
+                self.settings.index_dir,
+                self.engine,
+                fingerprint=self.checkpoint.fingerprint,
+                writable=True,
+            )
+        except ModelMismatchError as exc:
+            raise ModelMismatchServiceError(str(exc)) from None
+        except RuntimeError as exc:  # the writer lock: an index run is in progress
+            raise ServiceError(f"{exc}; retry when it ends", 409) from None
+        with writer:
+            removed = writer.remove(image_ids)
+        self.refresh_index()
+        return removed
+
     def _stored_vector(self, image_id: int) -> np.ndarray | None:
         self.image_row(image_id)
         _, store, _ = self._ready_search()
@@ -378,8 +400,9 @@ class InferenceCore:
     # ------------------------------------------------------------------ explain, classify
     async def explain(self, image: Image.Image) -> bytes:
         """Grad-CAM heat-map of the embedder over the query, as a PNG."""
-        model, _, _ = (self.model, None, None) if self.model is not None else self._ready_search()
-        assert model is not None
+        if self.model is None:
+            raise NotReadyError("no embedder loaded: " + "; ".join(self.problems))
+        model = self.model
 
         def work() -> bytes:
             batch = model.transform(image)[None].to(model.device)

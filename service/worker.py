@@ -116,6 +116,11 @@ async def similar(
     return search_to_json(await core.similar(image_id, k, label))
 
 
+@internal.delete("/images/{image_id}")
+def remove_image(core: CoreDep, image_id: Annotated[int, Path(ge=0)]) -> dict[str, int]:
+    return {"removed": core.remove_images([image_id])}
+
+
 @internal.post("/explain", response_class=Response)
 async def explain(request: Request, state: StateDep, core: CoreDep) -> Response:
     image = await _image(request, state)

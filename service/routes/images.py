@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from PIL import Image
 
 from indexer.db import ImageRow, make_sessionmaker
 from indexer.sources import read_entry
 from model.imageio import ImageDecodeError, decode_image
-from service.deps import SettingsDep, StateDep
+from service.deps import ApiKeyDep, BackendDep, SettingsDep, StateDep
 from service.errors import NotFoundError, ServiceError
 from service.schemas import ImageOut
 from service.uploads import sniff_image_type
@@ -102,3 +102,12 @@ def image_file(state: StateDep, image_id: ImageId) -> Response:
     filename = row.path.rsplit("/", 1)[-1].replace('"', "")
     headers = {**CACHE_HEADERS, "Content-Disposition": f'inline; filename="{filename}"'}
     return Response(data, media_type=media_type, headers=headers)
+
+
+@router.delete(
+    "/images/{image_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[ApiKeyDep]
+)
+async def delete_image(backend: BackendDep, image_id: ImageId) -> Response:
+    """Remove an image from the index and the DB together (its file is left alone)."""
+    await backend.remove_image(image_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -219,6 +219,7 @@ async def test_write_endpoints_need_the_key(client: httpx.AsyncClient) -> None:
         ("POST", "/index-jobs", {"source": "ucm-small"}),
         ("DELETE", "/evaluations/1", None),
         ("DELETE", "/index-jobs/1", None),
+        ("DELETE", "/images/1", None),
     ]
     for method, url, body in calls:
         missing = await client.request(method, url, json=body)
@@ -228,6 +229,7 @@ async def test_write_endpoints_need_the_key(client: httpx.AsyncClient) -> None:
         )
         assert wrong.status_code == 403, (url, wrong.text)
         assert "detail" in wrong.json()
+    assert (await client.get("/images/1")).status_code == 200  # nothing was deleted
 
 
 async def test_paths_outside_the_data_root_are_403(client: httpx.AsyncClient, world: World) -> None:

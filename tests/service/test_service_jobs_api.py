@@ -131,6 +131,19 @@ async def test_index_job_adds_images_and_the_server_sees_them(world: World, tmp_
         listed = (await client.get("/index-jobs")).json()["items"]
         assert [item["id"] for item in listed] == [again.json()["id"], created.json()["id"]]
 
+        # Deleting an image takes it out of index and DB together.
+        gone = hits[0]["id"]
+        assert (await client.delete(f"/images/{gone}")).status_code == 401
+        assert (await client.delete(f"/images/{gone}", headers=key)).status_code == 204
+        assert (await client.get(f"/images/{gone}")).status_code == 404
+        assert (await client.delete(f"/images/{gone}", headers=key)).status_code == 404
+        ready = (await client.get("/ready")).json()
+        assert ready["components"]["worker"]["index"]["ntotal"] == world.per_class * 4 + 1
+        after = await client.post(
+            "/search", files={"image": ("q.jpg", query.read_bytes(), "image/jpeg")}, data={"k": 50}
+        )
+        assert gone not in [hit["id"] for hit in after.json()["hits"]]
+
 
 def _noise_png(side: int) -> bytes:
     rng = np.random.default_rng(0)

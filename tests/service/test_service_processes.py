@@ -204,5 +204,9 @@ async def test_job_survives_a_killed_worker(world: World, tmp_path: Path) -> Non
             assert done["results"]["n_queries"] + done["results"]["n_gallery"] == 21 * 12
             png = await api.get(done["pr_curve_url"])
             assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+            # A delete goes to the worker, which owns the index in this deployment.
+            assert (await api.delete("/images/24", headers=key)).status_code == 204
+            ready = (await api.get("/ready")).json()
+            assert ready["components"]["worker"]["index"]["ntotal"] == 23
             second.send_signal(signal.SIGTERM)
             assert second.wait(30) in (0, -signal.SIGTERM)
