@@ -8,7 +8,9 @@ import json
 import math
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from model.classifiers.base import Batch, apply_dihedral, random_dihedral
+from model.classifiers.base import Batch, SceneClassifier, apply_dihedral, random_dihedral
 from model.classifiers.center_loss import CenterLoss, center_optimizer
 from model.classifiers.data import paired_batches
 from model.classifiers.ddrl_am import SFT, GradCamCache, build_ddrl_am, trunk_side
@@ -28,7 +30,7 @@ from model.classifiers.lafe import RegionAttention, build_lafe, paired_mae, stag
 from model.classifiers.pcl import build_pcl, erase_above, kl_divergence, pcl_loss
 from model.classifiers.registry import build_classifier, classifier_config, get_method
 from model.classifiers.training import TrainConfig, _optimizer, schedule_factor, train_classifier
-from model.datasets import discover_dataset, limit_per_class
+from model.datasets import LabeledImages, discover_dataset, limit_per_class
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_ROOT = Path(os.environ.get("RSIR_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
@@ -36,7 +38,7 @@ UCM_CLASSES = ["agricultural", "beach", "forest"]
 NWPU_CLASSES = ["beach", "desert", "forest"]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread() -> Iterator[None]:
     """One intra-op thread: the CPUs are shared, and oversubscribed threads are slower."""
     before = torch.get_num_threads()
@@ -359,46 +361,75 @@ needs_data = pytest.mark.skipif(
 )
 
 
-@pytest.mark.slow
-@needs_data
-@pytest.mark.parametrize(
-    ("method", "backbone", "explained"),
-    [
-        ("ddrl-am", "resnet18", True),
-        ("pcl", "resnet18", True),
-        ("lafe", "resnet50", False),
-        ("plain", "resnet18", False),
-    ],
-)
-def test_each_method_trains_one_epoch_and_its_checkpoint_classifies(
-    tmp_path: Path, method: str, backbone: str, explained: bool
-) -> None:
-    images = limit_per_class(discover_dataset("ucm", DATA_ROOT), 6, UCM_CLASSES)
-    config = TrainConfig(
-        method=method,
-        backbone=backbone,
-        image_size=64,
-        epochs=1,
-        batch_size=6,
-        seed=0,
-        train_ratio=0.5,
-        pretrained=False,
-        device="cpu",
-        progress=False,
-        cache_dir=tmp_path / "cache",
-        per_class=6,
-        classes=UCM_CLASSES,
-    )
-    trained = train_classifier(images, config, tmp_path / "model.pt")
-    assert len(trained.history) == (2 if method == "ddrl-am" else 1)
-    assert all(math.isfinite(h["loss"]) for h in trained.history)
-    assert (tmp_path / "model.split.json").is_file()
+METHODS = [
+    ("ddrl-am", "resnet18"),
+    ("pcl", "resnet18"),
+    ("lafe", "resnet50"),
+    ("plain", "resnet18"),
+]
 
-    loaded = load_classifier(tmp_path / "model.pt", "cpu")
+
+@dataclass
+class Trained:
+    path: Path
+    cache: Path
+    net: SceneClassifier
+    fingerprint: str
+    history: list[dict[str, Any]]
+    images: LabeledImages
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trained]:
+    """Each method trained for one epoch on 3 UCM classes x 6 real images at 64 px."""
+    if not (DATA_ROOT / "UCMerced_LandUse" / "Images").is_dir():
+        pytest.skip("no ../shared/data")
+    root = tmp_path_factory.mktemp("classifiers")
+    images = limit_per_class(discover_dataset("ucm", DATA_ROOT), 6, UCM_CLASSES)
+    out: dict[str, Trained] = {}
+    for method, backbone in METHODS:
+        config = TrainConfig(
+            method=method,
+            backbone=backbone,
+            image_size=64,
+            epochs=1,
+            batch_size=6,
+            seed=0,
+            train_ratio=0.5,
+            pretrained=False,
+            device="cpu",
+            progress=False,
+            cache_dir=root / "cache",
+            per_class=6,
+            classes=UCM_CLASSES,
+        )
+        result = train_classifier(images, config, root / f"{method}.pt")
+        out[method] = Trained(
+            root / f"{method}.pt",
+            root / "cache",
+            result.net,
+            result.checkpoint.fingerprint,
+            result.history,
+            images,
+        )
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "backbone"), METHODS)
+def test_each_method_trains_one_epoch_and_its_checkpoint_classifies(
+    trained: dict[str, Trained], method: str, backbone: str
+) -> None:
+    run = trained[method]
+    assert len(run.history) == (2 if method == "ddrl-am" else 1)
+    assert all(math.isfinite(h["loss"]) for h in run.history)
+    assert run.path.with_name(f"{method}.split.json").is_file()
+
+    loaded = load_classifier(run.path, "cpu")
     assert (loaded.method, loaded.backbone, loaded.kind) == (method, backbone, "classifier")
     assert loaded.class_names == UCM_CLASSES
-    assert loaded.init == "random" and loaded.fingerprint == trained.checkpoint.fingerprint
-    pil = [Image.open(images.paths[i]).convert("RGB") for i in (0, 7, 14)]
+    assert loaded.init == "random" and loaded.fingerprint == run.fingerprint
+    pil = [Image.open(run.images.paths[i]).convert("RGB") for i in (0, 7, 14)]
     probabilities = loaded.predict(pil)
     assert len(probabilities) == 3
     for row in probabilities:
@@ -407,17 +438,47 @@ def test_each_method_trains_one_epoch_and_its_checkpoint_classifies(
     # The loaded model answers as the trained one did (same weights, same preprocessing).
     x = torch.stack([loaded.preprocessing.eval_transform()(im) for im in pil])
     with torch.no_grad():
-        expected = torch.softmax(trained.net(x), dim=1)
+        expected = torch.softmax(run.net(x), dim=1)
     torch.testing.assert_close(torch.tensor(probabilities), expected, atol=1e-4, rtol=1e-3)
     png = loaded.explain(pil[0])
-    if explained:
+    if method in ("ddrl-am", "pcl"):
         assert png is not None
         grey = Image.open(io.BytesIO(png))
         assert grey.mode == "L" and grey.size == pil[0].size
     else:
         assert png is None
     if method == "ddrl-am":
-        assert any((tmp_path / "cache").rglob("*_gt*.npz"))
+        assert any(run.cache.rglob("*_gt*.npz"))
+
+
+@pytest.mark.slow
+def test_the_workers_classify_call_answers_with_every_method(
+    trained: dict[str, Trained], tmp_path: Path
+) -> None:
+    """What `/classify` runs: the service's InferenceCore loading the four checkpoints."""
+    import anyio
+    from sqlalchemy import create_engine
+
+    from rsir.settings import get_settings
+    from service.inference import InferenceCore
+    from service.metrics import Metrics
+
+    paths = [trained[m].path for m, _ in METHODS]
+    settings = get_settings(index_dir=tmp_path, classifier_checkpoints=paths, device="cpu")
+    core = InferenceCore(settings, create_engine("sqlite://"), Metrics())
+    core.load()
+    try:
+        names = {load_classifier(p).method: load_classifier(p).name for p in paths}
+        assert set(core.classifiers) == set(names.values())
+        image = Image.open(trained["plain"].images.paths[3]).convert("RGB")
+        for method, name in names.items():
+            result = anyio.run(core.classify, image, name, 3, True)
+            assert result.model == name
+            assert sorted(p.label for p in result.predictions) == sorted(UCM_CLASSES)
+            assert sum(p.probability for p in result.predictions) == pytest.approx(1.0, abs=1e-5)
+            assert (result.explanation_png is not None) == (method in ("ddrl-am", "pcl"))
+    finally:
+        core.close()
 
 
 @pytest.mark.slow
