@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 
 from indexer.db import ImageRow, make_sessionmaker
 from indexer.embedding import EmbeddingModel
+from indexer.pipeline import read_model_file
 from indexer.search import Hit, hits_for
 from indexer.sources import read_entry
 from indexer.store import IndexStore, ModelMismatchError
@@ -160,8 +161,14 @@ class InferenceCore:
 
     def _load_embedder(self) -> None:
         path = self.settings.checkpoint
+        if path is None:  # the checkpoint that `rsir index` recorded beside the index
+            recorded = read_model_file(Path(self.settings.index_dir))
+            path = Path(recorded["checkpoint"]) if recorded else None
         if path is None:
-            self.problems.append("no embedder checkpoint configured (RSIR_CHECKPOINT)")
+            self.problems.append(
+                "no embedder checkpoint configured (RSIR_CHECKPOINT) and none recorded in "
+                f"{self.settings.index_dir}"
+            )
             return
         try:
             net, ckpt = load_embedder(Path(path))

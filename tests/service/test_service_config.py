@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,6 +46,19 @@ async def test_without_a_checkpoint_the_api_is_alive_but_not_ready(
         assert (await client.post("/explain", files=files)).status_code == 503
         models = (await client.get("/models")).json()["models"]
         assert {m["kind"] for m in models} == {"classifier"}
+
+
+@pytest.mark.anyio
+async def test_the_checkpoint_recorded_by_the_index_is_the_default(
+    world: World, tmp_path: Path
+) -> None:
+    index_dir = tmp_path / "index"
+    shutil.copytree(world.index_dir, index_dir)
+    settings = world.settings(index_dir=index_dir, checkpoint=None, classifier_checkpoints=[])
+    async with running_app(settings) as client:
+        ready = await client.get("/ready")
+        assert ready.status_code == 200
+        assert ready.json()["components"]["worker"]["embedder"] == world.fingerprint
 
 
 @pytest.mark.anyio
