@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from PIL import Image
@@ -41,6 +42,15 @@ def _bytes(row: ImageRow) -> bytes:
 
 
 ImageId = Annotated[int, Path(ge=0)]
+
+
+def content_disposition(path: str) -> str:
+    """`inline` with the file's name: an ASCII fallback plus the exact name (RFC 6266)."""
+    name = path.rsplit("/", 1)[-1]
+    ascii_name = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name
+    )
+    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 @router.get("/images/{image_id}", response_model=ImageOut)
@@ -99,8 +109,7 @@ def image_file(state: StateDep, image_id: ImageId) -> Response:
     row = _row(state, image_id)
     data = _bytes(row)
     media_type = sniff_image_type(data) or "application/octet-stream"
-    filename = row.path.rsplit("/", 1)[-1].replace('"', "")
-    headers = {**CACHE_HEADERS, "Content-Disposition": f'inline; filename="{filename}"'}
+    headers = {**CACHE_HEADERS, "Content-Disposition": content_disposition(row.path)}
     return Response(data, media_type=media_type, headers=headers)
 
 

@@ -72,18 +72,20 @@ def index_job_out(request: Request, row: JobRow) -> IndexJobOut:
     )
 
 
-async def _check_model(backend: BackendDep, name: str | None) -> None:
-    """Refuse an unknown embedder name while the worker can tell; else let the worker decide."""
-    if name is None:
-        return
+async def _check_model(backend: BackendDep, name: str | None) -> str | None:
+    """The embedder's name (default: the served one). An unknown name is refused while the
+    worker can tell; if it cannot, the name is queued unchecked and the worker decides."""
     try:
         models = await backend.models()
     except NotReadyError:
         log.warning("worker unreachable: queuing evaluation with model %r unchecked", name)
-        return
+        return name
     embedders = [m for m in models if m.kind == "embedder"]
+    if name is None:
+        return embedders[0].name if embedders else None
     if not any(name in (m.name, m.fingerprint) for m in embedders):
         raise UnknownModelError(f"unknown embedder {name!r}; loaded: {[m.name for m in embedders]}")
+    return name
 
 
 def _get(jobs: JobsDep, job_id: int, kind: str) -> JobRow:
@@ -122,8 +124,8 @@ async def create_evaluation(
         resolve_layout_root(body.dataset, root)
     except DatasetNotFoundError as exc:
         raise ServiceError(str(exc), 422) from None
-    await _check_model(backend, body.model)
-    params = {**body.model_dump(), "root": str(root)}
+    model = await _check_model(backend, body.model)
+    params = {**body.model_dump(), "root": str(root), "model": model}
     row = await anyio.to_thread.run_sync(jobs.create, "evaluation", params)
     out = evaluation_out(request, row)
     _created(state, response, out.url)

@@ -16,6 +16,7 @@ from model.checkpoint import embedder_checkpoint, save_checkpoint
 from model.embedder import EmbedderConfig, build_embedder
 from model.transforms import Preprocessing
 from service.app import create_app
+from service.routes.images import content_disposition
 from service.security import resolve_inside
 
 if TYPE_CHECKING:
@@ -110,3 +111,10 @@ def test_resolve_inside_follows_symlinks(tmp_path: Path) -> None:
         with pytest.raises(Exception) as info:
             resolve_inside(bad, root)
         assert getattr(info.value, "status_code", None) == 403, bad
+
+
+def test_content_disposition_survives_any_file_name() -> None:
+    header = content_disposition('tiles/東京 "x"\r\n.jpg')
+    header.encode("latin-1")  # a header must encode; this one is pure ASCII
+    assert header.startswith('inline; filename="')
+    assert "filename*=UTF-8''%E6%9D%B1%E4%BA%AC%20%22x%22%0D%0A.jpg" in header

@@ -70,6 +70,7 @@ async def test_evaluation_job_end_to_end(client: httpx.AsyncClient, world: World
     listed = (await client.get("/evaluations")).json()["items"]
     assert job["id"] in [item["id"] for item in listed]
     item = next(i for i in listed if i["id"] == job["id"])
+    assert item["model"] == "embedder-r18"  # the served embedder, named when none was asked for
     for field in ("id", "status", "progress", "dataset", "protocol", "model", "created_at",
                   "finished_at", "results", "error", "pr_curve_url"):  # fmt: skip
         assert field in item
