@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +39,6 @@ API_KEY = "test-key-9f3b2c71d0"
 POSTGRES_URL = os.environ.get(
     "RSIR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/service" in str(item.fspath) and "postgres" in item.keywords:
-            item.add_marker(pytest.mark.postgres)
 
 
 @dataclass(frozen=True)
@@ -147,12 +140,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return World(root, data_root, collection, checkpoint, classifiers, index_dir, fp, sample)
 
 
-def copy_index(world: World, target: Path) -> Path:
-    """A private copy of the index folder (for tests that add to it)."""
-    shutil.copytree(world.index_dir, target)
-    return target
-
-
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
@@ -168,12 +155,6 @@ async def client(world: World, anyio_backend: str) -> AsyncIterator[httpx.AsyncC
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             yield http
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------------- databases
