@@ -23,7 +23,6 @@ from indexer.db import ImageRow, make_sessionmaker
 from indexer.embedding import EmbeddingModel
 from indexer.pipeline import read_model_file
 from indexer.search import Hit, hits_for
-from indexer.sources import read_entry
 from indexer.store import IndexStore, ModelMismatchError
 from model.checkpoint import Checkpoint, load_embedder
 from model.device import best_device
@@ -39,6 +38,7 @@ from service.errors import (
 )
 from service.explain import embedder_cam, overlay_png
 from service.metrics import Metrics
+from service.sources import SourceCache
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ class InferenceCore:
         self.classify_batchers: dict[str, Batcher[Image.Image, list[float]]] = {}
         self._index_error: ServiceError | None = None
         self._reload_lock = threading.Lock()
+        self.sources = SourceCache(Path(settings.index_dir))
 
     # ------------------------------------------------------------------ life cycle
     def load(self) -> None:
@@ -402,7 +403,7 @@ class InferenceCore:
 
     def _indexed_image(self, image_id: int) -> Image.Image:
         row = self.image_row(image_id)
-        return decode_image(read_entry(row.source, row.path), self.settings.max_pixels)
+        return decode_image(self.sources.read(row.source, row.path), self.settings.max_pixels)
 
     # ------------------------------------------------------------------ explain, classify
     async def explain(self, image: Image.Image) -> bytes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -18,6 +19,7 @@ from service.backend import Backend, LocalBackend, RemoteBackend
 from service.jobs import JobStore
 from service.metrics import Metrics
 from service.runtime import WorkerRuntime
+from service.sources import SourceCache
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class AppState:
     backend: Backend
     runtime: WorkerRuntime | None
     db_problem: str | None
+    sources: SourceCache
 
     @classmethod
     def build(
@@ -94,7 +97,8 @@ class AppState:
             )  # fmt: skip
             runtime.start()
             backend = LocalBackend(runtime.core)
-        return cls(settings, engine, metrics, jobs, backend, runtime, problem)
+        sources = SourceCache(Path(settings.index_dir))
+        return cls(settings, engine, metrics, jobs, backend, runtime, problem, sources)
 
     def close(self) -> None:
         """Stop the in-process worker and close DB connections."""

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from PIL import Image
 
 from indexer.db import ImageRow, make_sessionmaker
-from indexer.sources import read_entry
 from model.imageio import ImageDecodeError, decode_image
 from service.deps import ApiKeyDep, BackendDep, SettingsDep, StateDep
 from service.errors import NotFoundError, ServiceError
@@ -30,9 +29,9 @@ def _row(state: StateDep, image_id: int) -> ImageRow:
     return row
 
 
-def _bytes(row: ImageRow) -> bytes:
+def _bytes(state: StateDep, row: ImageRow) -> bytes:
     try:
-        return read_entry(row.source, row.path)
+        return state.sources.read(row.source, row.path)
     except (OSError, KeyError, ValueError) as exc:
         raise ServiceError(
             f"image {row.id} is indexed but its file cannot be read "
@@ -89,7 +88,7 @@ def image_thumbnail(
     """A JPEG at most `size` pixels on its longer side."""
     row = _row(state, image_id)
     try:
-        image = decode_image(_bytes(row), settings.max_pixels)
+        image = decode_image(_bytes(state, row), settings.max_pixels)
     except ImageDecodeError as exc:
         raise ServiceError(f"image {image_id} cannot be decoded: {exc}", 422) from None
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
@@ -107,7 +106,7 @@ def image_thumbnail(
 def image_file(state: StateDep, image_id: ImageId) -> Response:
     """The original bytes, with the type their content shows."""
     row = _row(state, image_id)
-    data = _bytes(row)
+    data = _bytes(state, row)
     media_type = sniff_image_type(data) or "application/octet-stream"
     headers = {**CACHE_HEADERS, "Content-Disposition": content_disposition(row.path)}
     return Response(data, media_type=media_type, headers=headers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import shutil
+import tarfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -144,6 +145,27 @@ async def test_index_job_adds_images_and_the_server_sees_them(world: World, tmp_
             "/search", files={"image": ("q.jpg", query.read_bytes(), "image/jpeg")}, data={"k": 50}
         )
         assert gone not in [hit["id"] for hit in after.json()["hits"]]
+
+        # Archives: a .tar.gz is indexed, and its thumbnails and files are read back from it.
+        archive = data_root / "river.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for image in sorted(new.iterdir()):
+                tar.add(image, arcname=f"river/{image.name}")
+        made = await client.post("/index-jobs", json={"source": "river.tar.gz"}, headers=key)
+        job = await wait_for(client, made.json()["url"])
+        assert job["status"] == "done" and job["results"]["added"] == 2, job
+        found = await client.post(
+            "/search",
+            files={"image": ("q.jpg", query.read_bytes(), "image/jpeg")},
+            data={"k": 10, "label": "river"},
+        )
+        assert len(found.json()["hits"]) == 3  # one left in the folder, two in the archive
+        from_tar = [h for h in found.json()["hits"] if h["source"] == str(archive)]
+        assert len(from_tar) == 2
+        for hit in from_tar:
+            original = (new / hit["path"].split("/")[-1]).read_bytes()
+            assert (await client.get(hit["file_url"])).content == original
+            assert (await client.get(hit["thumbnail_url"])).status_code == 200
 
 
 def _noise_png(side: int) -> bytes:
