@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -71,10 +72,10 @@ def create_app(
     add_error_handlers(app)
     for module in (ops, search, images, classify, jobs):
         app.include_router(module.router)
-    try:
-        from service.web import router as web_router  # the web page, when it is installed
-    except ImportError:
-        log.debug("service.web not present: no web page")
-    else:
+    if importlib.util.find_spec("service.web") is not None:  # the web page, when it is there
+        from service.web import router as web_router
+
         app.include_router(web_router)
+    else:
+        log.info("service.web is not installed: API only, no web page")
     return app
