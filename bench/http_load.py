@@ -64,6 +64,7 @@ class LevelResult:
     latency_ms: dict[str, float]
     server_batches: int
     server_mean_batch: float | None
+    load_average_1m: list[float] = field(default_factory=list)  # at the start of each round
     failures: list[str] = field(default_factory=list)
 
 
@@ -275,24 +276,48 @@ async def _load(
     return latencies, failures, wall
 
 
-def run_level(
+@dataclass
+class Sample:
+    """One round of one level against one server: raw figures, aggregated later."""
+
+    latencies: list[float]
+    failures: list[str]
+    wall_s: float
+    batch_sum: float
+    batch_count: float
+    load_1m: float
+
+
+def run_round(
     server: Server, payloads: list[tuple[str, bytes]], concurrency: int, n_requests: int, k: int
-) -> LevelResult:
-    """One measured level, with the server's batch sizes over exactly that level."""
+) -> Sample:
+    """One round of a level, with the server's batch sizes over exactly that round."""
+    load_1m = os.getloadavg()[0]
     sum0, count0 = server.batch_counters()
     latencies, failures, wall = asyncio.run(_load(server.url, payloads, concurrency, n_requests, k))
     sum1, count1 = server.batch_counters()
-    batches = int(count1 - count0)
+    return Sample(latencies, failures, wall, sum1 - sum0, count1 - count0, load_1m)
+
+
+def aggregate(concurrency: int, requests: int, samples: list[Sample]) -> LevelResult:
+    """The level's figures over all its rounds (throughput = answered / time spent sending)."""
+    latencies = [x for sm in samples for x in sm.latencies]
+    failures = [x for sm in samples for x in sm.failures]
+    wall = sum(sm.wall_s for sm in samples)
+    batches = sum(sm.batch_count for sm in samples)
     return LevelResult(
         concurrency=concurrency,
-        requests=n_requests,
+        requests=requests,
         ok=len(latencies),
-        failed=len(failures),
+        failed=requests - len(latencies),
         wall_s=round(wall, 3),
         throughput_rps=round(len(latencies) / wall, 2) if wall > 0 else 0.0,
         latency_ms=percentiles(latencies),
-        server_batches=batches,
-        server_mean_batch=round((sum1 - sum0) / batches, 2) if batches else None,
+        server_batches=int(batches),
+        server_mean_batch=round(sum(sm.batch_sum for sm in samples) / batches, 2)
+        if batches
+        else None,
+        load_average_1m=[round(sm.load_1m, 2) for sm in samples],
         failures=failures[:10],
     )
 
@@ -333,12 +358,16 @@ def markdown(report: dict[str, Any]) -> str:
         f" in this process, keep-alive, one connection per client; `POST /search` with a real"
         f" UCM JPEG (~{report['query_kib']} KiB) and k={report['k']}.",
         f"- Bare query (decode + embed + FAISS + DB rows of one image, no HTTP, in the benchmark"
-        f" process): p50 {report['bare']['latency_ms']['p50']} ms, p95"
-        f" {report['bare']['latency_ms']['p95']} ms over {report['bare']['n']} queries.",
+        f" process, on a thread as the server's batcher): p50 {report['bare']['latency_ms']['p50']}"
+        f" ms, p95 {report['bare']['latency_ms']['p95']} ms over {report['bare']['n']} queries.",
+        f"- Both servers run side by side; every level is measured in {report['rounds']}"
+        " interleaved rounds (batched, then batch size 1; the bare query just before the"
+        " single-client rounds), so the load of other work on the shared cores falls on both."
+        f" Load average at the end: {report['load_average_end']}.",
         "",
         "| worker | clients | requests | ok | failed | throughput (req/s) | p50 ms | p95 ms"
-        " | p99 ms | mean server batch |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " | p99 ms | mean server batch | load (1 min) per round |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for config in report["configs"]:
         for level in config["levels"]:
@@ -348,6 +377,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f" {level['ok']} | {level['failed']} | {level['throughput_rps']} |"
                 f" {lat.get('p50', '-')} | {lat.get('p95', '-')} | {lat.get('p99', '-')} |"
                 f" {'-' if level['server_mean_batch'] is None else level['server_mean_batch']} |"
+                f" {', '.join(str(x) for x in level['load_average_1m'])} |"
             )
     lines += ["", "End-to-end p50 with 1 client over bare p50 (HTTP, multipart, upload checks,"
               " batcher hand-off and JSON on top of the same work):", ""]  # fmt: skip
@@ -381,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs=2, default=[16, 1])
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--bare-repeats", type=int, default=40)
+    parser.add_argument("--bare-repeats", type=int, default=60, help="over all rounds")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per level")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--quick", action="store_true", help="few requests; a smoke run")
     args = parser.parse_args(argv)
@@ -414,9 +445,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"index: {index}", flush=True)
     payloads = query_payloads(source, 64)
 
-    bare_before = bare_query_times(index_dir, checkpoint, payloads, args.k, args.bare_repeats)
-    print(f"bare query p50 {statistics.median(bare_before) * 1000:.1f} ms", flush=True)
-
     env_base = {
         key: value
         for key, value in os.environ.items()
@@ -430,37 +458,52 @@ def main(argv: list[str] | None = None) -> int:
         RSIR_LOG_LEVEL="WARNING",
         RSIR_BATCH_MAX_WAIT_MS=str(args.batch_wait_ms),
     )
-    configs: list[ConfigResult] = []
-    for batch_size in args.batch_sizes:
-        name = f"batched (max {batch_size})" if batch_size > 1 else "batch size 1"
-        env = {**env_base, "RSIR_BATCH_MAX_SIZE": str(batch_size)}
-        with tempfile.NamedTemporaryFile(prefix="rsir-serve-", suffix=".log", delete=False) as f:
-            log = Path(f.name)
-        server = Server(env, log)
-        try:
-            startup = server.wait_ready()
-            run_level(server, payloads, 8, 16, args.k)  # warm-up, not reported
-            levels = []
+    # Both servers run side by side (an idle one costs nothing) and the measurements are
+    # interleaved in rounds: config A then B at each level, the bare query just before the
+    # single-client level. The cores are shared with other work, so this spreads its noise
+    # over both configurations instead of letting it land on one of them.
+    names = {bs: f"batched (max {bs})" if bs > 1 else "batch size 1" for bs in args.batch_sizes}
+    servers: dict[int, Server] = {}
+    startup: dict[int, float] = {}
+    samples: dict[tuple[int, int], list[Sample]] = {}
+    bare: list[float] = []
+    per_round = max(1, args.requests // args.rounds)
+    try:
+        for bs in args.batch_sizes:
+            with tempfile.NamedTemporaryFile(
+                prefix="rsir-serve-", suffix=".log", delete=False
+            ) as f:
+                log = Path(f.name)
+            servers[bs] = Server({**env_base, "RSIR_BATCH_MAX_SIZE": str(bs)}, log)
+        for bs, server in servers.items():
+            startup[bs] = server.wait_ready()
+            run_round(server, payloads, 8, 16, args.k)  # warm-up, not reported
+        for round_no in range(args.rounds):
             for concurrency in args.concurrency:
-                level = run_level(server, payloads, concurrency, args.requests, args.k)
-                print(f"{name}, {concurrency} clients: {level.throughput_rps} req/s,"
-                      f" p50 {level.latency_ms.get('p50')} ms, p99 {level.latency_ms.get('p99')}"
-                      f" ms, mean batch {level.server_mean_batch}, failed {level.failed}",
-                      flush=True)  # fmt: skip
-                levels.append(level)
-        finally:
+                if concurrency == 1:
+                    bare += bare_query_times(
+                        index_dir, checkpoint, payloads, args.k, args.bare_repeats // args.rounds
+                    )
+                for bs, server in servers.items():
+                    sample = run_round(server, payloads, concurrency, per_round, args.k)
+                    samples.setdefault((bs, concurrency), []).append(sample)
+                    done = f"{len(sample.latencies)} ok in {sample.wall_s:.1f} s"
+                    print(f"round {round_no + 1}/{args.rounds}, {names[bs]}, {concurrency}"
+                          f" clients: {done}, failed {len(sample.failures)},"
+                          f" load {sample.load_1m:.1f}", flush=True)  # fmt: skip
+    finally:
+        for server in servers.values():
             server.stop()
-        configs.append(
-            ConfigResult(name, batch_size, args.batch_wait_ms, round(startup, 2), levels)
-        )
 
-    bare_after = bare_query_times(index_dir, checkpoint, payloads, args.k, args.bare_repeats)
-    bare = bare_before + bare_after
     bare_p50 = statistics.median(bare)
-    for config in configs:
-        single = next((lv for lv in config.levels if lv.concurrency == 1), None)
+    configs: list[ConfigResult] = []
+    for bs in args.batch_sizes:
+        levels = [aggregate(c, per_round * args.rounds, samples[(bs, c)]) for c in args.concurrency]
+        config = ConfigResult(names[bs], bs, args.batch_wait_ms, round(startup[bs], 2), levels)
+        single = next((lv for lv in levels if lv.concurrency == 1), None)
         if single is not None and single.latency_ms:
             config.e2e_p50_over_bare_p50 = round(single.latency_ms["p50"] / (bare_p50 * 1000.0), 2)
+        configs.append(config)
 
     total_requests = sum(lv.requests for c in configs for lv in c.levels)
     total_ok = sum(lv.ok for c in configs for lv in c.levels)
@@ -486,9 +529,10 @@ def main(argv: list[str] | None = None) -> int:
             "what": "decode + embed + FAISS + DB rows of one image, no HTTP, benchmark process",
             "n": len(bare),
             "latency_ms": percentiles(bare),
-            "p50_before_ms": round(statistics.median(bare_before) * 1000, 2),
-            "p50_after_ms": round(statistics.median(bare_after) * 1000, 2),
+            "measured": "on a thread of its own, just before each single-client round",
         },
+        "rounds": args.rounds,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "configs": [asdict(c) for c in configs],
         "total_requests": total_requests,
         "total_ok": total_ok,
