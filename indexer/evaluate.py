@@ -22,6 +22,7 @@ from indexer.embedding import EmbeddingModel
 from indexer.plots import plot_pr_curves
 from model.checkpoint import Checkpoint, load_embedder
 from model.datasets import (
+    UNREADABLE,
     ImageFolderDataset,
     LabeledImages,
     discover_dataset,
@@ -46,35 +47,40 @@ def embed_paths(
     progress: ProgressFn | None = None,
     cache_dir: Path | None = None,
     fingerprint: str = "",
-) -> np.ndarray:
-    """Descriptors of every image of `images`, cached on disk by model fingerprint + file list."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Descriptors of every image of `images` and a mask of those that could be read; cached on
+    disk by model fingerprint + file list."""
     cache_file = None
     if cache_dir is not None and fingerprint:
         key = hashlib.sha256(
             ("\n".join(str(p) for p in images.paths) + fingerprint).encode()
         ).hexdigest()[:20]
-        cache_file = cache_dir / f"embeddings-{fingerprint}-{key}.npy"
+        cache_file = cache_dir / f"embeddings-{fingerprint}-{key}.npz"
         if cache_file.is_file():
             if progress:
                 progress(len(images), len(images))
-            return np.load(cache_file)
+            cached = np.load(cache_file)
+            return cached["vectors"], cached["readable"]
     loader = DataLoader(
         ImageFolderDataset(images.paths, images.labels, model.transform),
         batch_size=batch_size,
         num_workers=num_workers,
     )
-    chunks = []
+    chunks, readable = [], []
     done = 0
-    for batch, _ in loader:
+    for batch, labels in loader:
         chunks.append(model.embed_tensors(batch))
+        readable.append(labels.numpy() != UNREADABLE)
         done += len(batch)
         if progress:
             progress(done, len(images))
     vectors = np.vstack(chunks) if chunks else np.zeros((0, model.dim), np.float32)
+    mask = np.concatenate(readable) if readable else np.zeros(0, bool)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache_file, vectors)
-    return vectors
+        with open(cache_file, "wb") as handle:
+            np.savez(handle, vectors=vectors, readable=mask)
+    return vectors, mask
 
 
 def rank_gallery(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
@@ -188,22 +194,30 @@ def evaluate_retrieval(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_split(split, images, out_dir / "split.json")
 
-    vectors = embed_paths(
+    vectors, readable = embed_paths(
         model, images, batch_size, num_workers, progress, cache_dir, ckpt.fingerprint
     )
     labels = np.asarray(images.labels)
     if protocol == "split":
-        q, g = np.asarray(split.test), np.asarray(split.train)
+        q = np.asarray([i for i in split.test if readable[i]], dtype=np.int64)
+        g = np.asarray([i for i in split.train if readable[i]], dtype=np.int64)
         metrics = retrieval_metrics(
             vectors[q], labels[q], vectors[g], labels[g], images.class_names
         )
     else:
+        keep = np.flatnonzero(readable)
         metrics = retrieval_metrics(
-            vectors, labels, vectors, labels, images.class_names, exclude_self=True
+            vectors[keep],
+            labels[keep],
+            vectors[keep],
+            labels[keep],
+            images.class_names,
+            exclude_self=True,
         )
     results = _results_document(
         ckpt, checkpoint_path, images, split.seed, train_fraction, protocol, metrics
     )
+    results["unreadable"] = [images.relative(images.paths[i]) for i in np.flatnonzero(~readable)]
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     plot_pr_curves(
         {

@@ -11,6 +11,7 @@ import hashlib
 import io
 import shutil
 import tarfile
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -130,7 +131,8 @@ class SourceReader:
         self._tar_path = self._plain_tar() if self.kind == "tar.gz" else self.source
 
     def _plain_tar(self) -> Path:
-        base = self.work_dir or self.source.parent
+        # Not beside the source: archives often sit on read-only mounts.
+        base = self.work_dir or Path(tempfile.gettempdir()) / "rsir-untar"
         digest = hashlib.sha256(canonical_source(self.source).encode()).hexdigest()[:12]
         target = base / f".untar-{digest}.tar"
         if not target.exists() or target.stat().st_mtime < self.source.stat().st_mtime:

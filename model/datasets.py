@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from model.imageio import read_image
+from model.imageio import ImageDecodeError, read_image
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"})
 DATASET_KINDS = ("ucm", "nwpu", "satrem", "folder")
@@ -185,8 +188,15 @@ def load_split(path: Path, images: LabeledImages) -> Split:
     return Split(train, test, int(payload["seed"]), float(payload["train_fraction"]))
 
 
+UNREADABLE = -1
+
+
 class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Decodes images (any format model.imageio reads) and applies a transform; yields (x, y)."""
+    """Decodes images (any format model.imageio reads) and applies a transform; yields (x, y).
+
+    An image that cannot be read yields a black tensor with label UNREADABLE (-1) and a
+    warning, so one bad file in a benchmark never ends a run; callers drop those items.
+    """
 
     def __init__(
         self,
@@ -202,4 +212,8 @@ class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(read_image(self.paths[index])), self.labels[index]
+        try:
+            return self.transform(read_image(self.paths[index])), self.labels[index]
+        except (ImageDecodeError, OSError) as exc:
+            log.warning("skipping unreadable image %s: %s", self.paths[index], exc)
+            return self.transform(Image.new("RGB", (8, 8))), UNREADABLE

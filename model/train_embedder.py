@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from model.checkpoint import atomic_torch_save, embedder_checkpoint, save_checkpoint
 from model.datasets import (
+    UNREADABLE,
     ImageFolderDataset,
     LabeledImages,
     discover_dataset,
@@ -71,17 +72,18 @@ def embed_all(
     preprocessing: Preprocessing,
     cfg: TrainConfig,
     device: torch.device,
-) -> torch.Tensor:
-    """Descriptors of every training image with the current model (for mining)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Descriptors of every training image with the current model (for mining), and which
+    images could be read at all."""
     loader = DataLoader(
         ImageFolderDataset(images.paths, images.labels, preprocessing.eval_transform()),
         batch_size=max(cfg.batch_size * 4, 16),
         num_workers=cfg.num_workers,
     )
     net.eval()
-    chunks = []
+    chunks, readable = [], []
     with torch.inference_mode():
-        for batch, _ in tqdm(
+        for batch, labels in tqdm(
             loader,
             desc="mining: embedding the train split",
             unit="batch",
@@ -89,8 +91,9 @@ def embed_all(
             leave=False,
         ):
             chunks.append(net(batch.to(device)).cpu())
+            readable.append(labels != UNREADABLE)
     net.train()
-    return torch.cat(chunks)
+    return torch.cat(chunks), torch.cat(readable)
 
 
 def mine_tuples(
@@ -118,7 +121,7 @@ def mine_tuples(
         used_classes: set[int] = set()
         for candidate in order.tolist():
             c = int(label_array[candidate])
-            if c == labels[q] or c in used_classes:
+            if c in (labels[q], UNREADABLE) or c in used_classes:
                 continue
             chosen.append(candidate)
             used_classes.add(c)
@@ -179,12 +182,17 @@ def train_embedder(
         train_images.paths, train_images.labels, preprocessing.train_transform()
     )
     for epoch in range(start_epoch, cfg.max_epochs):
-        descriptors = embed_all(net, train_images, preprocessing, cfg, device)
-        queries = list(range(len(train_images)))
+        descriptors, readable = embed_all(net, train_images, preprocessing, cfg, device)
+        # Unreadable images take no part: their label becomes one no query shares.
+        mining_labels = [
+            label if ok else UNREADABLE
+            for label, ok in zip(train_images.labels, readable.tolist(), strict=True)
+        ]
+        queries = [i for i in range(len(train_images)) if mining_labels[i] != UNREADABLE]
         rng.shuffle(queries)
         if cfg.queries_per_epoch:
             queries = queries[: cfg.queries_per_epoch]
-        tuples = mine_tuples(descriptors, train_images.labels, cfg.negatives, queries, rng)
+        tuples = mine_tuples(descriptors, mining_labels, cfg.negatives, queries, rng)
         tuple_len = 2 + cfg.negatives
         flat = [i for t in tuples if len(t) == tuple_len for i in t]
         # Decoding on worker processes; batches hold whole tuples, in order.

@@ -299,3 +299,45 @@ def test_failed_index_write_rolls_back(
 def test_copy_is_used_not_symlink_for_sources(small_folder: Path) -> None:
     assert not any(p.is_symlink() for p in small_folder.rglob("*"))
     assert shutil.disk_usage(small_folder).free > 0
+
+
+def test_evaluation_and_training_skip_an_unreadable_image(tmp_path: Path) -> None:
+    from model.train_embedder import TrainConfig, train_embedder
+    from tests.conftest import make_class_folder
+
+    folder = make_class_folder(tmp_path / "data", 5, ("beach", "forest"))
+    (folder / "beach" / "beach99.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+    ckpt = train_embedder(
+        TrainConfig(
+            dataset="folder",
+            root=str(folder),
+            backbone="resnet18",
+            image_size=32,
+            batch_size=2,
+            max_epochs=1,
+            negatives=1,
+            num_workers=0,
+            pretrained=False,
+        ),
+        tmp_path / "e.pt",
+    )
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--dataset",
+            "folder",
+            "--root",
+            str(folder),
+            "--out",
+            str(tmp_path / "ev"),
+            "--protocol",
+            "all-vs-all",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert results["unreadable"] == ["beach/beach99.jpg"]
+    assert results["n_queries"] == 10
