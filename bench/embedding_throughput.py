@@ -49,9 +49,13 @@ def pipeline(ckpt_path: Path, source: Path, batch_size: int, workers: int) -> tu
     try:
         started = time.perf_counter()
         summary = index_source(
-            source, checkpoint_path=ckpt_path, index_dir=work, batch_size=batch_size,
-            num_workers=workers, commit_every=1024,
-        )  # fmt: skip
+            source,
+            checkpoint_path=ckpt_path,
+            index_dir=work,
+            batch_size=batch_size,
+            num_workers=workers,
+            commit_every=1024,
+        )
         elapsed = time.perf_counter() - started
         return summary.added / elapsed, summary.added
     finally:
@@ -78,8 +82,14 @@ def main() -> None:
     runs = []
     for workers in args.workers:
         rate, n = pipeline(ckpt_path, ucm.root, args.batch_size, workers)
-        runs.append({"decode_workers": workers, "images_per_s": rate, "images": n,
-                     "ratio_to_bare": rate / bare})  # fmt: skip
+        runs.append(
+            {
+                "decode_workers": workers,
+                "images_per_s": rate,
+                "images": n,
+                "ratio_to_bare": rate / bare,
+            }
+        )
         print(f"pipeline with {workers} decode workers: {rate:.1f} img/s, ratio {rate / bare:.3f}")
     shutil.rmtree(work, ignore_errors=True)
     figures: dict[str, Any] = {

@@ -53,6 +53,7 @@ class TrainConfig:
     margin: float = 0.7
     negatives: int = 2
     queries_per_epoch: int | None = None  # None: every training image once
+    mining_pool: int | None = None  # images embedded for mining each epoch; None: all
     seed: int = 0
     train_fraction: float = 0.8
     per_class: int | None = None  # class-balanced subset, for quick runs
@@ -182,17 +183,26 @@ def train_embedder(
         train_images.paths, train_images.labels, preprocessing.train_transform()
     )
     for epoch in range(start_epoch, cfg.max_epochs):
-        descriptors, readable = embed_all(net, train_images, preprocessing, cfg, device)
+        # As Radenovic et al.: a random pool of the train split is embedded each epoch and
+        # queries, positives and negatives come from it (all of it by default).
+        pool = list(range(len(train_images)))
+        if cfg.mining_pool and cfg.mining_pool < len(pool):
+            pool = sorted(rng.sample(pool, cfg.mining_pool))
+        pool_images = train_images.subset(pool)
+        descriptors, readable = embed_all(net, pool_images, preprocessing, cfg, device)
         # Unreadable images take no part: their label becomes one no query shares.
         mining_labels = [
             label if ok else UNREADABLE
-            for label, ok in zip(train_images.labels, readable.tolist(), strict=True)
+            for label, ok in zip(pool_images.labels, readable.tolist(), strict=True)
         ]
-        queries = [i for i in range(len(train_images)) if mining_labels[i] != UNREADABLE]
+        queries = [i for i in range(len(pool)) if mining_labels[i] != UNREADABLE]
         rng.shuffle(queries)
         if cfg.queries_per_epoch:
             queries = queries[: cfg.queries_per_epoch]
-        tuples = mine_tuples(descriptors, mining_labels, cfg.negatives, queries, rng)
+        tuples = [
+            [pool[i] for i in t]
+            for t in mine_tuples(descriptors, mining_labels, cfg.negatives, queries, rng)
+        ]
         tuple_len = 2 + cfg.negatives
         flat = [i for t in tuples if len(t) == tuple_len for i in t]
         # Decoding on worker processes; batches hold whole tuples, in order.
