@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -48,7 +49,7 @@ def train_classifier_command(
     """Train a scene classifier on the train part of a seeded stratified split."""
     from dataclasses import replace
 
-    from model.classifiers.evaluation import dataset_for, test_report
+    from model.classifiers.evaluation import dataset_for, machine_description, test_report
     from model.classifiers.registry import get_method
     from model.classifiers.training import TrainConfig, train_classifier
 
@@ -85,10 +86,30 @@ def train_classifier_command(
         trained.checkpoint.preprocessing,
         next(trained.net.parameters()).device,
     )
+    ckpt = trained.checkpoint
+    results = {
+        "method": method,
+        "backbone": ckpt.config["backbone"],
+        "checkpoint": str(out),
+        "fingerprint": ckpt.fingerprint,
+        "init": ckpt.init,
+        "dataset": dataset,
+        "classes": images.class_names,
+        "image_size": image_size,
+        "epochs": max_epochs,
+        "train_fraction": train_ratio,
+        "split_seeds": [seed],
+        "n_train": len(trained.split.train),
+        "train_seconds": trained.seconds,
+        "test": report.to_dict(),
+        "machine": machine_description(),
+    }
+    results_path = out.with_name(out.stem + ".results.json")
+    results_path.write_text(json.dumps(results, indent=1))
     typer.echo(
-        f"{method} ({trained.checkpoint.config['backbone']}, init {trained.checkpoint.init}) "
-        f"on {len(trained.split.train)} {dataset} images: test OA "
-        f"{report.overall_accuracy:.4f} on {report.n_test}; checkpoint written to {out}"
+        f"{method} ({ckpt.config['backbone']}, init {ckpt.init}) on {len(trained.split.train)} "
+        f"{dataset} images: test OA {report.overall_accuracy:.4f} on {report.n_test}; "
+        f"checkpoint written to {out}, figures to {results_path}"
     )
 
 

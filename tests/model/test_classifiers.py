@@ -563,6 +563,9 @@ def test_cli_trains_and_evaluates_a_classifier(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "test OA" in result.output
+    trained_figures = json.loads((tmp_path / "pcl.results.json").read_text())
+    assert trained_figures["init"] == "random" and trained_figures["split_seeds"] == [0]
+    assert trained_figures["test"]["n_test"] == 6 and trained_figures["machine"]["cores"]
     result = runner.invoke(
         app,
         [
