@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--bare-repeats", type=int, default=60, help="over all rounds")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per level")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per level")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--quick", action="store_true", help="few requests; a smoke run")
     args = parser.parse_args(argv)
