@@ -70,6 +70,25 @@
     search();
   });
 
+  // Suggestions for the label filter: the classes of the served embedder (GET /models).
+  // Only a convenience, so a failure here stays silent and any label can still be typed.
+  async function loadLabelOptions() {
+    try {
+      const response = await fetch(`${RSIR_BASE}/models`, { headers: { Accept: "application/json" } });
+      if (!response.ok) return;
+      const body = await response.json();
+      const models = Array.isArray(body.models) ? body.models : [];
+      const embedder = models.find((m) => m.kind === "embedder") || models[0];
+      const classes = embedder && Array.isArray(embedder.classes) ? embedder.classes : [];
+      document.getElementById("label-options").replaceChildren(
+        ...classes.map((name) => Object.assign(document.createElement("option"), { value: name })),
+      );
+    } catch (_) {
+      // no suggestions
+    }
+  }
+  loadLabelOptions();
+
   explainInput.addEventListener("change", () => {
     if (explainInput.checked) explain();
     else heatmapBox.hidden = true;

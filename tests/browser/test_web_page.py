@@ -260,6 +260,10 @@ def test_label_filter_and_bad_upload(
 ) -> None:
     image, _ = query_image(live_service)
     page.goto(live_service.url + "/")
+    # The filter suggests the served embedder's classes (GET /models).
+    page.wait_for_function("() => document.querySelectorAll('#label-options option').length > 0")
+    options = page.eval_on_selector_all("#label-options option", "os => os.map((o) => o.value)")
+    assert options == live_service_classes(live_service)
     page.fill("#label-input", "beach")
     page.set_input_files("#image-input", str(image))
     page.wait_for_function(ALL_LOADED_JS, arg="#results img.thumb")
