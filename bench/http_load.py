@@ -64,6 +64,8 @@ class LevelResult:
     latency_ms: dict[str, float]
     server_batches: int
     server_mean_batch: float | None
+    server_request_mean_ms: float | None  # the server's own time per POST /search (its metrics)
+    server_batch_mean_ms: float | None  # one batched forward pass + FAISS search
     load_average_1m: list[float] = field(default_factory=list)  # at the start of each round
     failures: list[str] = field(default_factory=list)
 
@@ -212,23 +214,28 @@ class Server:
             time.sleep(0.25)
         raise RuntimeError(f"rsir serve not ready after {timeout} s: {last}")
 
-    def batch_counters(self) -> tuple[float, float]:
-        """(sum, count) of the search batcher's batch-size histogram."""
+    def counters(self) -> dict[str, float]:
+        """Sums and counts of the server's own histograms: search batch sizes, batch (forward +
+        FAISS) seconds, and the seconds it spent on POST /search requests."""
         from prometheus_client.parser import text_string_to_metric_families
 
         text = httpx.get(f"{self.url}/metrics", timeout=10.0).text
-        total = count = 0.0
+        wanted = {
+            ("rsir_batch_size", "batcher", "search"): "batch",
+            ("rsir_batch_duration_seconds", "batcher", "search"): "batch_s",
+            ("rsir_http_request_duration_seconds", "route", "/search"): "request_s",
+        }
+        out: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
-            if family.name != "rsir_batch_size":
-                continue
             for sample in family.samples:
-                if sample.labels.get("batcher") != "search":
-                    continue
-                if sample.name.endswith("_sum"):
-                    total = sample.value
-                elif sample.name.endswith("_count"):
-                    count = sample.value
-        return total, count
+                for (name, label, value), key in wanted.items():
+                    if family.name != name or sample.labels.get(label) != value:
+                        continue
+                    if sample.name.endswith("_sum"):
+                        out[key + "_sum"] = out.get(key + "_sum", 0.0) + sample.value
+                    elif sample.name.endswith("_count"):
+                        out[key + "_count"] = out.get(key + "_count", 0.0) + sample.value
+        return out
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -283,8 +290,7 @@ class Sample:
     latencies: list[float]
     failures: list[str]
     wall_s: float
-    batch_sum: float
-    batch_count: float
+    counters: dict[str, float]  # differences over the round
     load_1m: float
 
 
@@ -293,10 +299,11 @@ def run_round(
 ) -> Sample:
     """One round of a level, with the server's batch sizes over exactly that round."""
     load_1m = os.getloadavg()[0]
-    sum0, count0 = server.batch_counters()
+    before = server.counters()
     latencies, failures, wall = asyncio.run(_load(server.url, payloads, concurrency, n_requests, k))
-    sum1, count1 = server.batch_counters()
-    return Sample(latencies, failures, wall, sum1 - sum0, count1 - count0, load_1m)
+    after = server.counters()
+    delta = {key: after[key] - before.get(key, 0.0) for key in after}
+    return Sample(latencies, failures, wall, delta, load_1m)
 
 
 def aggregate(concurrency: int, requests: int, samples: list[Sample]) -> LevelResult:
@@ -304,7 +311,15 @@ def aggregate(concurrency: int, requests: int, samples: list[Sample]) -> LevelRe
     latencies = [x for sm in samples for x in sm.latencies]
     failures = [x for sm in samples for x in sm.failures]
     wall = sum(sm.wall_s for sm in samples)
-    batches = sum(sm.batch_count for sm in samples)
+
+    def total(key: str) -> float:
+        return sum(sm.counters.get(key, 0.0) for sm in samples)
+
+    def mean_ms(key: str) -> float | None:
+        n = total(key + "_count")
+        return round(1000.0 * total(key + "_sum") / n, 2) if n else None
+
+    batches = total("batch_count")
     return LevelResult(
         concurrency=concurrency,
         requests=requests,
@@ -314,9 +329,9 @@ def aggregate(concurrency: int, requests: int, samples: list[Sample]) -> LevelRe
         throughput_rps=round(len(latencies) / wall, 2) if wall > 0 else 0.0,
         latency_ms=percentiles(latencies),
         server_batches=int(batches),
-        server_mean_batch=round(sum(sm.batch_sum for sm in samples) / batches, 2)
-        if batches
-        else None,
+        server_mean_batch=round(total("batch_sum") / batches, 2) if batches else None,
+        server_request_mean_ms=mean_ms("request_s"),
+        server_batch_mean_ms=mean_ms("batch_s"),
         load_average_1m=[round(sm.load_1m, 2) for sm in samples],
         failures=failures[:10],
     )
@@ -366,8 +381,9 @@ def markdown(report: dict[str, Any]) -> str:
         f" Load average at the end: {report['load_average_end']}.",
         "",
         "| worker | clients | requests | ok | failed | throughput (req/s) | p50 ms | p95 ms"
-        " | p99 ms | mean server batch | load (1 min) per round |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        " | p99 ms | mean server batch | server ms per request | ms per batch"
+        " | load (1 min) per round |",
+        "| --- " + "| ---: " * 11 + "| --- |",
     ]
     for config in report["configs"]:
         for level in config["levels"]:
@@ -377,12 +393,21 @@ def markdown(report: dict[str, Any]) -> str:
                 f" {level['ok']} | {level['failed']} | {level['throughput_rps']} |"
                 f" {lat.get('p50', '-')} | {lat.get('p95', '-')} | {lat.get('p99', '-')} |"
                 f" {'-' if level['server_mean_batch'] is None else level['server_mean_batch']} |"
+                f" {level['server_request_mean_ms']} | {level['server_batch_mean_ms']} |"
                 f" {', '.join(str(x) for x in level['load_average_1m'])} |"
             )
     lines += ["", "End-to-end p50 with 1 client over bare p50 (HTTP, multipart, upload checks,"
               " batcher hand-off and JSON on top of the same work):", ""]  # fmt: skip
     for config in report["configs"]:
-        lines.append(f"- {config['name']}: {config['e2e_p50_over_bare_p50']}x")
+        single = next((lv for lv in config["levels"] if lv["concurrency"] == 1), None)
+        detail = ""
+        if single is not None:
+            detail = (
+                f" (client p50 {single['latency_ms'].get('p50')} ms; the server's own mean per"
+                f" request {single['server_request_mean_ms']} ms, of which one forward pass +"
+                f" FAISS {single['server_batch_mean_ms']} ms)"
+            )
+        lines.append(f"- {config['name']}: {config['e2e_p50_over_bare_p50']}x{detail}")
     lines += ["", "Speed-up of the batched worker over batch size 1 (throughput):", ""]
     for level_b, level_1 in zip(
         report["configs"][0]["levels"], report["configs"][1]["levels"], strict=True
