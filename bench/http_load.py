@@ -408,6 +408,23 @@ def markdown(report: dict[str, Any]) -> str:
                 f" FAISS {single['server_batch_mean_ms']} ms)"
             )
         lines.append(f"- {config['name']}: {config['e2e_p50_over_bare_p50']}x{detail}")
+    bare_p50 = report["bare"]["latency_ms"]["p50"]
+    forward = [
+        lv["server_batch_mean_ms"] / bare_p50
+        for config in report["configs"]
+        for lv in config["levels"]
+        if lv["concurrency"] == 1 and lv["server_batch_mean_ms"]
+    ]
+    if forward:
+        lines += [
+            "",
+            f"Inside the server, one forward pass + FAISS for a single query took"
+            f" {min(forward):.1f} to {max(forward):.1f} times the bare p50 (means against a"
+            " median, so tails count). Where that factor is well above 1, the gap is CPU"
+            " contention inside the server process (its OpenMP threads against the other work on"
+            " the shared cores), not HTTP: the HTTP part is the server's time per request minus"
+            " its time per batch.",
+        ]
     lines += ["", "Speed-up of the batched worker over batch size 1 (throughput):", ""]
     for level_b, level_1 in zip(
         report["configs"][0]["levels"], report["configs"][1]["levels"], strict=True
