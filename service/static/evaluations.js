@@ -136,7 +136,7 @@
             el("span", { style: `width:${progress}%` }), el("em", {}, `${progress.toFixed(0)} %`))
         : null,
       job.error ? el("p", { class: "job-error" }, String(job.error)) : null,
-      el("div", { class: "job-body" }, figures(job.results), pr),
+      job.results || pr ? el("div", { class: "job-body" }, figures(job.results), pr) : null,
     );
   }
 
