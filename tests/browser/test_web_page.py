@@ -11,6 +11,7 @@ $RSIR_BROWSER_SCREENSHOTS (default: the test's temporary folder) for a human loo
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -206,6 +207,20 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# Drop a file on the drop zone as a user's drag and drop would.
+DROP_JS = """({ b64, name }) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+    const zone = document.getElementById("dropzone");
+    for (const type of ["dragenter", "dragover", "drop"]) {
+        zone.dispatchEvent(
+            new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true })
+        );
+    }
+}"""
+
+
 def query_image(service: LiveService) -> tuple[Path, str]:
     """An indexed image and its class: it must come back first, as its own nearest neighbour."""
     class_dir = sorted(p for p in service.archive.iterdir() if p.is_dir())[5]
@@ -265,7 +280,10 @@ def test_label_filter_and_bad_upload(
     options = page.eval_on_selector_all("#label-options option", "os => os.map((o) => o.value)")
     assert options == live_service_classes(live_service)
     page.fill("#label-input", "beach")
-    page.set_input_files("#image-input", str(image))
+    # Dropped rather than chosen: the drop zone's path, with a real DataTransfer.
+    page.evaluate(
+        DROP_JS, {"b64": base64.b64encode(image.read_bytes()).decode(), "name": image.name}
+    )
     page.wait_for_function(ALL_LOADED_JS, arg="#results img.thumb")
     labels = page.locator("#results .hit .label").all_inner_texts()
     assert labels == ["beach"] * PER_CLASS, labels
