@@ -12,10 +12,16 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   fi
 fi
 
-if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
-  echo "installing Debian's chromium for the browser test"
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-    >/tmp/rsir-apt.log 2>&1 || echo "chromium could not be installed (see /tmp/rsir-apt.log)"
+# Debian's chromium (browser test) and a Compose CLI (validates docker-compose.yml; no engine
+# is needed for `config`), when missing and we may install them.
+missing=()
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null \
+  || missing+=(docker-compose)
+if (( ${#missing[@]} )) && command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+  echo "installing Debian's ${missing[*]} for the browser and compose tests"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") \
+    >/tmp/rsir-apt.log 2>&1 || echo "could not install ${missing[*]} (see /tmp/rsir-apt.log)"
 fi
 
 exec .venv/bin/python -m pytest "$@"
