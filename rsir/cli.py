@@ -7,9 +7,9 @@ import typer
 from indexer.cli import app as indexer_app
 from model.classifier_cli import app as classifier_app
 from model.cli import app as model_app
-from service.cli import app as service_app
 from rsir.logs import configure_logging
 from rsir.settings import get_settings
+from service.cli import app as service_app
 
 app = typer.Typer(
     help="Content-based remote-sensing image retrieval: train, index, search, evaluate, serve.",
