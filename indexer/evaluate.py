@@ -31,6 +31,7 @@ from model.datasets import (
     stratified_split,
 )
 from model.device import best_device
+from model.imageio import ImageDecodeError
 from model.machine import machine_info
 from model.metrics import DEFAULT_KS, RetrievalMetrics, evaluate_rankings
 
@@ -198,9 +199,16 @@ def evaluate_retrieval(
         model, images, batch_size, num_workers, progress, cache_dir, ckpt.fingerprint
     )
     labels = np.asarray(images.labels)
+    if not readable.any():
+        raise ImageDecodeError(
+            f"cannot decode images: none of the {len(images)} images of {images.root} could be "
+            f"read (first: {images.relative(images.paths[0])})"
+        )
     if protocol == "split":
         q = np.asarray([i for i in split.test if readable[i]], dtype=np.int64)
         g = np.asarray([i for i in split.train if readable[i]], dtype=np.int64)
+        if len(q) == 0 or len(g) == 0:
+            raise ValueError("after skipping unreadable images, a split side is empty")
         metrics = retrieval_metrics(
             vectors[q], labels[q], vectors[g], labels[g], images.class_names
         )
