@@ -9,12 +9,13 @@ Run: .venv/bin/python bench/retrieval.py [--image-size 64 --epochs 2 ...]
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import DATA_ROOT, REPO, write_report
+from bench.common import DATA_ROOT, REPO, RESULTS, write_report
 from indexer.evaluate import evaluate_retrieval
 from model.machine import machine_info
 from model.train_embedder import TrainConfig, train_embedder
@@ -139,13 +140,21 @@ def markdown(figures: dict[str, Any]) -> str:
                 f"- {dataset}: attention - baseline = {att['map'] - base['map']:+.4f} mAP "
                 f"(paper, ImageNet init: {paper_gain:+.2f})."
             )
+    total_min = sum(r["total_seconds"] for r in figures["rows"]) / 60
     lines += [
         "",
-        "These figures come from random initialisation and a budget of minutes on a CPU, so they "
-        "are far below the paper's, which starts from ImageNet weights and trains for hours on "
-        "a GPU. They show the pipeline end to end and the direction of the difference only.",
+        "Chance level (a random ranking) is about 1/21 = 0.048 mAP on UCM and 1/12 = 0.083 on "
+        "NWPU-RESISC12. These figures come from random initialisation and minutes of CPU "
+        f"training ({total_min:.0f} min for the four runs, on cores shared with other work), "
+        "far from the paper, which starts from ImageNet weights and trains for hours on a GPU. "
+        "With one seed, differences of a hundredth of mAP are within seed noise: the table "
+        "shows the pipeline end to end, not a test of the paper's claim. The budget is well "
+        "below the issue's 90-minute guide because this session also had to run the other "
+        "benchmarks on the same two cores; raise `--epochs`, `--queries-per-epoch` and "
+        "`--mining-pool` to use more.",
         "",
-        f"Full protocol on a GPU: {figures['gpu_recipe']}",
+        "Full protocol on a GPU (no GPU machine was lent to this session): "
+        + figures["gpu_recipe"],
         "",
     ]
     return "\n".join(lines)
@@ -163,9 +172,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=str(REPO / "var" / "bench-retrieval"))
+    parser.add_argument("--render", action="store_true", help="Rewrite the report from JSON.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    figures = run(args)
+    figures = json.loads((RESULTS / "retrieval.json").read_text()) if args.render else run(args)
     json_path, md_path = write_report("retrieval", figures, markdown(figures))
     print(markdown(figures))
     print(f"written {json_path} and {md_path}")
