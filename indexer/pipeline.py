@@ -27,6 +27,7 @@ from indexer.store import IndexStore
 from model.checkpoint import load_embedder
 from model.device import best_device
 from model.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from rsir.settings import sqlite_url_for
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]
@@ -127,7 +128,7 @@ def index_source(
     canonical = canonical_source(source_path)
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
-    url = db_url or f"sqlite:///{(index_dir / 'metadata.db').resolve()}"
+    url = db_url or sqlite_url_for(index_dir)
     upgrade_db(url)
     engine = make_engine(url)
     net, ckpt = load_embedder(checkpoint_path)

@@ -16,6 +16,7 @@ from indexer.pipeline import read_model_file
 from indexer.store import IndexStore
 from model.checkpoint import Checkpoint, load_embedder
 from model.device import best_device
+from rsir.settings import sqlite_url_for
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Searcher:
             if recorded is None:
                 raise FileNotFoundError(f"no index in {index_dir}: run `rsir index` first")
             checkpoint_path = Path(recorded["checkpoint"])
-        url = db_url or f"sqlite:///{(index_dir / 'metadata.db').resolve()}"
+        url = db_url or sqlite_url_for(index_dir)
         net, ckpt = load_embedder(checkpoint_path)
         store = IndexStore.open(index_dir, make_engine(url), fingerprint=ckpt.fingerprint)
         return cls(EmbeddingModel(net, ckpt.preprocessing, best_device(device)), ckpt, store)

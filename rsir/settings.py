@@ -58,9 +58,12 @@ class Settings(BaseSettings):
 
     def resolved_db_url(self) -> str:
         """The metadata DB URL: the configured one, else a SQLite file beside the index."""
-        if self.db_url:
-            return self.db_url
-        return f"sqlite:///{(self.index_dir / 'metadata.db').resolve()}"
+        return self.db_url or sqlite_url_for(self.index_dir)
+
+
+def sqlite_url_for(index_dir: Path) -> str:
+    """The embedded default metadata DB: a SQLite file beside the index."""
+    return f"sqlite:///{(Path(index_dir) / 'metadata.db').resolve()}"
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 import pytest
 import tifffile
+from click.testing import Result
 from PIL import Image
 from sqlalchemy import func, select
 from typer.testing import CliRunner
@@ -37,6 +38,12 @@ def db_ids_and_index_ids(index_dir: Path, url: str) -> tuple[list[int], list[int
     index_ids = sorted(faiss.vector_to_array(store.index.id_map).tolist())
     engine.dispose()
     return db_ids, index_ids
+
+
+def evaluate_cli(checkpoint: Path, root: Path, out: Path, *extra: str) -> Result:
+    """`rsir evaluate` on a <class>/<image> folder."""
+    args = ["evaluate", "--checkpoint", str(checkpoint), "--dataset", "folder"]
+    return runner.invoke(app, [*args, "--root", str(root), "--out", str(out), *extra])
 
 
 def test_help_lists_the_commands() -> None:
@@ -186,20 +193,7 @@ def test_evaluate_writes_json_and_png(
     small_folder: Path, trained_checkpoint: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "eval"
-    result = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--checkpoint",
-            str(trained_checkpoint),
-            "--dataset",
-            "folder",
-            "--root",
-            str(small_folder),
-            "--out",
-            str(out),
-        ],
-    )
+    result = evaluate_cli(trained_checkpoint, small_folder, out)
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["map"] <= 1.0
@@ -210,21 +204,8 @@ def test_evaluate_writes_json_and_png(
     assert (out / "pr_curve.png").read_bytes()[:4] == b"\x89PNG"
     split = json.loads((out / "split.json").read_text())
     assert not set(split["train"]) & set(split["test"])
-    all_vs_all = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--checkpoint",
-            str(trained_checkpoint),
-            "--dataset",
-            "folder",
-            "--root",
-            str(small_folder),
-            "--out",
-            str(tmp_path / "ava"),
-            "--protocol",
-            "all-vs-all",
-        ],
+    all_vs_all = evaluate_cli(
+        trained_checkpoint, small_folder, tmp_path / "ava", "--protocol", "all-vs-all"
     )
     assert all_vs_all.exit_code == 0, all_vs_all.output
     ava = json.loads((tmp_path / "ava" / "results.json").read_text())
@@ -315,22 +296,7 @@ def test_evaluation_and_training_skip_an_unreadable_image(tmp_path: Path) -> Non
         ),
         tmp_path / "e.pt",
     )
-    result = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--checkpoint",
-            str(ckpt),
-            "--dataset",
-            "folder",
-            "--root",
-            str(folder),
-            "--out",
-            str(tmp_path / "ev"),
-            "--protocol",
-            "all-vs-all",
-        ],
-    )
+    result = evaluate_cli(ckpt, folder, tmp_path / "ev", "--protocol", "all-vs-all")
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert results["unreadable"] == ["beach/beach99.jpg"]
