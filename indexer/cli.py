@@ -32,9 +32,23 @@ def index(
     commit_every: Annotated[
         int, typer.Option(help="Images per committed index version (resume granularity).")
     ] = 2048,
+    tile_size: Annotated[int, typer.Option(help="Scenes: tile side in output pixels.")] = 256,
+    stride: Annotated[
+        int | None, typer.Option(help="Scenes: source pixels between tiles (default: no overlap).")
+    ] = None,
+    resolution: Annotated[
+        float | None, typer.Option(help="Scenes: ground size of a tile pixel (CRS units).")
+    ] = None,
+    bands: Annotated[
+        str | None, typer.Option(help="Scenes: 1 or 3 band numbers, e.g. 4,3,2 (Sentinel-2).")
+    ] = None,
+    max_nodata: Annotated[
+        float, typer.Option(help="Scenes: skip tiles with a larger nodata fraction.")
+    ] = 0.5,
 ) -> None:
     """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume)."""
     from indexer.pipeline import index_source
+    from indexer.scenes import SceneError, TileOptions, parse_bands
     from indexer.store import IndexTrainingError, ModelMismatchError
     from rsir.progress import progress_bar
 
@@ -48,6 +62,10 @@ def index(
     if settings.checkpoint is None:
         raise _fail("no checkpoint: pass --checkpoint or set RSIR_CHECKPOINT")
     try:
+        tiles = TileOptions(tile_size, stride, resolution, parse_bands(bands), max_nodata)
+    except SceneError as exc:
+        raise _fail(str(exc)) from None
+    try:
         with progress_bar(f"indexing {src.name}") as progress:
             summary = index_source(
                 src,
@@ -60,6 +78,7 @@ def index(
                 device=settings.device,
                 max_pixels=settings.max_pixels,
                 commit_every=commit_every,
+                tiles=tiles,
                 progress=progress,
             )
     except (ModelMismatchError, IndexTrainingError, FileNotFoundError, ValueError) as exc:
@@ -69,6 +88,11 @@ def index(
         f"{summary.skipped_existing}, corrupt {summary.corrupt}, non-image {summary.non_image}; "
         f"index holds {summary.index_total} (version {summary.index_version})"
     )
+    if summary.scene_id is not None:
+        typer.echo(
+            f"scene {summary.scene_id}: skipped {summary.skipped_nodata} nodata and "
+            f"{summary.skipped_blank} blank tiles"
+        )
     for path, reason in summary.failed[:10]:
         typer.echo(f"  skipped {path}: {reason}")
 

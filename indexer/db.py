@@ -8,13 +8,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     DateTime,
     Engine,
+    Float,
+    ForeignKey,
+    Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     create_engine,
     event,
@@ -48,6 +54,50 @@ class ImageRow(Base):
     label: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
     model_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
     index_version: Mapped[int] = mapped_column(Integer, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Tiles of a geo-referenced scene (indexer/scenes.py); NULL for plain images.
+    scene_id: Mapped[int | None] = mapped_column(ForeignKey("scenes.id"), nullable=True, index=True)
+    win_col: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    win_row: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    win_width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    win_height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    crs: Mapped[str | None] = mapped_column(Text, nullable=True)
+    footprint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # WGS84
+    min_lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    min_lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+Index("ix_images_bbox", ImageRow.min_lon, ImageRow.max_lon, ImageRow.min_lat, ImageRow.max_lat)
+
+
+class SceneRow(Base):
+    """A geo-referenced scene whose tiles are indexed, with the band choice and stretch used.
+
+    The stretch is kept so that a query cut from the same kind of data is shown to the model
+    exactly as the indexed tiles were (indexer/scenes.py).
+    """
+
+    __tablename__ = "scenes"
+    __table_args__ = (UniqueConstraint("source", "bands", name="uq_scene"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(1024), index=True)
+    bands: Mapped[str] = mapped_column(String(64))  # "4,3,2"
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    band_count: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))
+    crs: Mapped[str | None] = mapped_column(Text, nullable=True)
+    transform: Mapped[list[float]] = mapped_column(JSON)  # GDAL-order affine a, b, c, d, e, f
+    nodata: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stretch: Mapped[list[list[float]] | None] = mapped_column(JSON, nullable=True)
+    footprint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    min_lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    min_lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_lat: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -20,9 +20,10 @@ import torch
 from sqlalchemy import select
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.db import ImageRow, make_engine, make_sessionmaker, upgrade_db
+from indexer.db import ImageRow, SceneRow, make_engine, make_sessionmaker, upgrade_db
 from indexer.embedding import EmbeddingModel
-from indexer.sources import Entry, SourceReader, canonical_source, list_entries
+from indexer.scenes import TileOptions, TileSkipped, describe_scene, open_scene
+from indexer.sources import Entry, SourceReader, canonical_source, list_entries, source_kind
 from indexer.store import IndexStore
 from model.checkpoint import load_embedder
 from model.device import best_device
@@ -44,6 +45,9 @@ class IndexSummary:
     skipped_existing: int = 0
     non_image: int = 0
     corrupt: int = 0
+    skipped_nodata: int = 0  # scene tiles mostly nodata
+    skipped_blank: int = 0  # scene tiles of one flat colour
+    scene_id: int | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
     index_total: int = 0
     index_version: int = 0
@@ -60,6 +64,8 @@ class _Decoded:
     width: int
     height: int
     error: str | None
+    skipped: str | None = None  # 'nodata' or 'blank' for a scene tile not worth indexing
+    geo: dict[str, Any] = field(default_factory=dict)  # a scene tile's window and footprint
 
 
 class _EntryDataset(Dataset[_Decoded]):
@@ -86,7 +92,11 @@ class _EntryDataset(Dataset[_Decoded]):
             data = self.reader.read(entry.path)
             digest = hashlib.sha256(data).hexdigest()
             image = decode_image(data, self.max_pixels)
-            return _Decoded(entry, self.transform(image), digest, image.width, image.height, None)
+            tensor = self.transform(image)
+            geo = self.reader.geo_columns(entry.path)
+            return _Decoded(entry, tensor, digest, image.width, image.height, None, geo=geo)
+        except TileSkipped as exc:
+            return _Decoded(entry, None, "", 0, 0, None, skipped=exc.reason)
         except (ImageDecodeError, OSError, KeyError, ValueError) as exc:
             return _Decoded(entry, None, "", 0, 0, str(exc) or type(exc).__name__)
 
@@ -121,9 +131,13 @@ def index_source(
     train_size: int = 65536,
     device: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    tiles: TileOptions | None = None,
     progress: ProgressFn | None = None,
 ) -> IndexSummary:
-    """Index every new image of `source`; safe to interrupt and re-run."""
+    """Index every new image of `source`; safe to interrupt and re-run.
+
+    A GeoTIFF scene is cut into tiles as `tiles` says (size, stride, resolution, bands).
+    """
     source_path = Path(source)
     canonical = canonical_source(source_path)
     index_dir = Path(index_dir)
@@ -139,7 +153,9 @@ def index_source(
             index_dir, engine, ckpt.fingerprint, model.dim, factory, writable=True
         ) as store:
             write_model_file(index_dir, checkpoint_path, ckpt.fingerprint)
-            listing = list_entries(source_path)
+            listing = list_entries(source_path, tiles)
+            if source_kind(source_path) == "geotiff":
+                summary.scene_id = record_scene(engine, source_path, canonical, tiles)
             summary.listed = len(listing.entries)
             summary.non_image = len(listing.non_image)
             with make_sessionmaker(engine)() as session:
@@ -156,7 +172,7 @@ def index_source(
             _embed_and_add(
                 store,
                 model,
-                SourceReader(source_path, index_dir),
+                SourceReader(source_path, index_dir, tiles),
                 todo,
                 canonical,
                 summary,
@@ -172,6 +188,23 @@ def index_source(
     finally:
         engine.dispose()
     return summary
+
+
+def record_scene(engine: Any, source: Path, canonical: str, tiles: TileOptions | None) -> int:
+    """The scene's row (bands, stretch, CRS, footprint), made on its first indexing run."""
+    bands = (tiles or TileOptions()).bands
+    with open_scene(source) as dataset:
+        record = describe_scene(dataset, canonical, bands)
+    columns = record.columns()
+    with make_sessionmaker(engine).begin() as session:
+        row = session.scalar(
+            select(SceneRow).where(SceneRow.source == canonical, SceneRow.bands == columns["bands"])
+        )
+        if row is None:
+            row = SceneRow(**columns)
+            session.add(row)
+            session.flush()
+        return int(row.id)
 
 
 def _embed_and_add(
@@ -220,6 +253,10 @@ def _embed_and_add(
     for batch in loader:
         good = [item for item in batch if item.tensor is not None]
         for item in batch:
+            if item.skipped == "nodata":
+                summary.skipped_nodata += 1
+            elif item.skipped == "blank":
+                summary.skipped_blank += 1
             if item.error is not None:
                 summary.corrupt += 1
                 if len(summary.failed) < 100:
@@ -236,6 +273,8 @@ def _embed_and_add(
                     width=item.width,
                     height=item.height,
                     label=item.entry.label,
+                    scene_id=summary.scene_id,
+                    **item.geo,
                 )
                 for item in good
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import Engine, select
 
+from indexer.area import BBox, id_selector, ids_in_bbox
 from indexer.db import ImageRow, make_engine, make_sessionmaker
 from indexer.embedding import EmbeddingModel
 from indexer.pipeline import read_model_file
@@ -28,9 +29,27 @@ class Hit:
     source: str
     path: str
     label: str | None
+    # Tiles of a geo-referenced scene: where they lie (None for plain images).
+    scene_id: int | None = None
+    window: list[int] | None = None  # col, row, width, height in scene pixels
+    crs: str | None = None
+    footprint: dict[str, Any] | None = field(default=None)  # GeoJSON Polygon, WGS84
+    bbox: list[float] | None = None  # west, south, east, north
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def hit_from_row(row: ImageRow, score: float) -> Hit:
+    """A hit with the row's place, when it has one."""
+    corners = (row.win_col, row.win_row, row.win_width, row.win_height)
+    window = [int(v) for v in corners if v is not None] if row.win_col is not None else None
+    bounds = (row.min_lon, row.min_lat, row.max_lon, row.max_lat)
+    bbox = [float(v) for v in bounds if v is not None] if row.min_lon is not None else None
+    return Hit(
+        row.id, score, row.source, row.path, row.label,
+        scene_id=row.scene_id, window=window, crs=row.crs, footprint=row.footprint, bbox=bbox,
+    )  # fmt: skip
 
 
 def hits_for(engine: Engine, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
@@ -41,7 +60,7 @@ def hits_for(engine: Engine, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
     with make_sessionmaker(engine)() as session:
         rows = {r.id: r for r in session.scalars(select(ImageRow).where(ImageRow.id.in_(wanted)))}
     return [
-        Hit(int(i), float(s), rows[int(i)].source, rows[int(i)].path, rows[int(i)].label)
+        hit_from_row(rows[int(i)], float(s))
         for s, i in zip(scores, ids, strict=True)
         if int(i) in rows
     ]
@@ -81,9 +100,12 @@ class Searcher:
         return cls(EmbeddingModel(net, ckpt.preprocessing, best_device(device)), ckpt, store)
 
     def search_vectors(
-        self, vectors: np.ndarray, k: int = 10, label: str | None = None
+        self, vectors: np.ndarray, k: int = 10, label: str | None = None, bbox: BBox | None = None
     ) -> list[list[Hit]]:
-        """Top-k hits per query vector; with `label`, only hits of that class."""
+        """Top-k hits per query vector; with `label`, only hits of that class; with `bbox`,
+        only tiles whose footprint intersects it (searched with a FAISS id selector: exact)."""
+        if bbox is not None:
+            return [area_search(self.store, v[None], k, label, bbox) for v in vectors]
         fetch = k if label is None else max(k * 10, 100)
         scores, ids = self.store.search(vectors, fetch)
         results = []
@@ -95,7 +117,22 @@ class Searcher:
         return results
 
     def search_images(
-        self, images: list[Image.Image], k: int = 10, label: str | None = None
+        self,
+        images: list[Image.Image],
+        k: int = 10,
+        label: str | None = None,
+        bbox: BBox | None = None,
     ) -> list[list[Hit]]:
         """Top-k hits for each query image (one forward pass for all of them)."""
-        return self.search_vectors(self.model.embed_images(images), k, label)
+        return self.search_vectors(self.model.embed_images(images), k, label, bbox)
+
+
+def area_search(
+    store: IndexStore, vector: np.ndarray, k: int, label: str | None, bbox: BBox
+) -> list[Hit]:
+    """Top-k among the tiles intersecting `bbox` (and of class `label`) for one query vector."""
+    ids = ids_in_bbox(store.engine, bbox, store.fingerprint, label)
+    if ids.size == 0:
+        return []
+    scores, found = store.search(vector, min(k, int(ids.size)), selector=id_selector(ids))
+    return hits_for(store.engine, scores[0], found[0])

@@ -8,23 +8,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import shutil
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-import numpy as np
-import tifffile
-from PIL import Image
-
+from indexer.scenes import SceneTiles, TileOptions, scene_tile_names
 from model.datasets import IMAGE_EXTENSIONS
-from model.imageio import array_to_rgb
-
-TILE_PREFIX = "tile_"
 
 
 class SourceError(ValueError):
@@ -84,8 +77,11 @@ class Listing:
     non_image: list[str]
 
 
-def list_entries(source: Path, tile_size: int = 256) -> Listing:
-    """All image entries of a source in a stable order; non-image files are listed apart."""
+def list_entries(source: Path, tiles: TileOptions | None = None) -> Listing:
+    """All image entries of a source in a stable order; non-image files are listed apart.
+
+    A scene's entries are its tiles, cut as `tiles` says (indexer/scenes.py).
+    """
     kind = source_kind(source)
     names: list[str]
     if kind == "folder":
@@ -97,20 +93,11 @@ def list_entries(source: Path, tile_size: int = 256) -> Listing:
         with tarfile.open(source) as archive:
             names = sorted(m.name for m in archive.getmembers() if m.isfile())
     else:
-        return Listing([Entry(t, None) for t in _tile_names(source, tile_size)], [])
+        return Listing([Entry(t, None) for t in scene_tile_names(source, tiles)], [])
     names = [n for n in names if not _hidden(n)]
     entries = [Entry(n, label_from_path(n)) for n in names if _is_image_name(n)]
     non_image = [n for n in names if not _is_image_name(n)]
     return Listing(entries, non_image)
-
-
-def _tile_names(scene: Path, tile_size: int) -> Iterator[str]:
-    with tifffile.TiffFile(scene) as tif:
-        page = tif.pages[0]
-        height, width = page.imagelength, page.imagewidth  # type: ignore[union-attr]
-    for top in range(0, height - tile_size + 1, tile_size):
-        for left in range(0, width - tile_size + 1, tile_size):
-            yield f"{TILE_PREFIX}{top}_{left}_{tile_size}.png"
 
 
 class SourceReader:
@@ -120,14 +107,16 @@ class SourceReader:
     access and workers read entries out of order.
     """
 
-    def __init__(self, source: Path, work_dir: Path | None = None) -> None:
+    def __init__(
+        self, source: Path, work_dir: Path | None = None, tiles: TileOptions | None = None
+    ) -> None:
         self.source = Path(source)
         self.kind = source_kind(self.source)
         self.work_dir = work_dir
         self._zip: zipfile.ZipFile | None = None
         self._tar: tarfile.TarFile | None = None
         self._tar_members: dict[str, tarfile.TarInfo] | None = None
-        self._scene: np.ndarray | None = None
+        self._scene = SceneTiles(self.source, tiles) if self.kind == "geotiff" else None
         self._tar_path = self._plain_tar() if self.kind == "tar.gz" else self.source
 
     def _plain_tar(self) -> Path:
@@ -145,7 +134,7 @@ class SourceReader:
 
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
-        state.update(_zip=None, _tar=None, _tar_members=None, _scene=None)
+        state.update(_zip=None, _tar=None, _tar_members=None)
         return state
 
     def read(self, inner: str) -> bytes:
@@ -168,24 +157,12 @@ class SourceReader:
             if handle is None:
                 raise SourceError(f"{inner} is not a regular file")
             return handle.read()
-        return self._read_tile(inner)
+        assert self._scene is not None
+        return self._scene.read(inner)  # a window of the scene, as PNG (TileSkipped if empty)
 
-    def _read_tile(self, inner: str) -> bytes:
-        if self._scene is None:
-            try:
-                self._scene = tifffile.memmap(self.source)
-            except ValueError:  # compressed: no memory map possible
-                self._scene = tifffile.imread(self.source)
-        top, left, size = (int(v) for v in inner.removeprefix(TILE_PREFIX)[:-4].split("_"))
-        scene = self._scene
-        if scene.ndim == 3 and scene.shape[0] < min(scene.shape[1:]):  # band-first
-            tile = scene[:, top : top + size, left : left + size]
-        else:
-            tile = scene[top : top + size, left : left + size]
-        buffer = io.BytesIO()
-        rgb: Image.Image = array_to_rgb(np.asarray(tile))
-        rgb.save(buffer, format="PNG")
-        return buffer.getvalue()
+    def geo_columns(self, inner: str) -> dict[str, Any]:
+        """A scene tile's pixel window, CRS and footprint (DB columns); nothing for images."""
+        return self._scene.geo_columns(inner) if self._scene is not None else {}
 
 
 def read_entry(source: str, path: str) -> bytes:

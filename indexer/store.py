@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import faiss
 import numpy as np
@@ -60,6 +61,23 @@ def _set_search_defaults(index: faiss.Index) -> None:
         inner.nprobe = max(1, min(inner.nlist, 32))
     elif isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efSearch = 128
+
+
+def _search_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    """Search parameters carrying `selector`, of the type the inner index requires, keeping
+    its nprobe / efSearch (parameters replace the index's own settings)."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    params: Any
+    if isinstance(inner, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF()
+        params.nprobe = inner.nprobe
+    elif isinstance(inner, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+        params.efSearch = inner.hnsw.efSearch
+    else:
+        params = faiss.SearchParameters()
+    params.sel = selector
+    return params
 
 
 class IndexStore:
@@ -193,14 +211,22 @@ class IndexStore:
     def filename(version: int) -> str:
         return f"index-v{version:08d}.faiss"
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query row; ids of -1 pad when fewer than k exist."""
+    def search(
+        self, vectors: np.ndarray, k: int, selector: faiss.IDSelector | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query row; ids of -1 pad when fewer than k exist.
+
+        With `selector`, only ids it accepts are ranked (FAISS's filtered search).
+        """
         queries = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
             if self.index.ntotal == 0:
                 empty = np.zeros((len(queries), 0))
                 return empty.astype(np.float32), empty.astype(np.int64)
-            return self.index.search(queries, min(k, self.index.ntotal))
+            k = min(k, self.index.ntotal)
+            if selector is None:
+                return self.index.search(queries, k)
+            return self.index.search(queries, k, params=_search_params(self.index, selector))
 
     def reload_if_changed(self) -> bool:
         """Load a newer committed version written by another process; True if it did."""

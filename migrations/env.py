@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 
 from alembic import context
-from sqlalchemy import pool
 
 from indexer.db import Base, make_engine
 from rsir.settings import Settings
@@ -29,8 +28,9 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
+    # Disposed at the end, so no pooled connection stays open. (Swapping in a NullPool would
+    # skip the dialect's first-connect set-up, which batch migrations on SQLite reflect with.)
     engine = make_engine(_url())
-    engine.pool = pool.NullPool(engine.pool._creator)  # no pooled connections left open
     with engine.connect() as connection:
         context.configure(
             connection=connection,
