@@ -150,6 +150,7 @@ def merge_metrics(
         ],
         n_queries=int(weights.sum()),
         n_gallery=parts[0].n_gallery,
+        n_without_relevant=sum(p.n_without_relevant for p in parts),
     )
 
 

@@ -3,6 +3,12 @@
 A retrieved item is relevant when it has the query's class. AP@k follows the usual retrieval
 definition: the mean of precision at each relevant rank within the top k, divided by
 min(k, number of relevant items in the gallery).
+
+One convention for a query with no relevant image in the gallery (its class is absent, or
+all-vs-all left it alone in its class): it stays in every figure, scoring 0 (AP 0, AP@k 0,
+P@k 0, precision 0 at every recall level of the PR curve), and `n_without_relevant` counts
+such queries, so that mAP and the curve average over the same queries and a reader sees how
+many could not score.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_KS = (5, 10, 20, 50, 100)
+NO_RELEVANT_CONVENTION = (
+    "a query with no relevant gallery image counts in every figure with AP 0, "
+    "P@k 0 and precision 0 at every recall level"
+)
 
 
 def average_precision(relevant: np.ndarray, total_relevant: int | None = None) -> float:
@@ -59,6 +69,7 @@ class RetrievalMetrics:
     pr_precision: list[float]
     n_queries: int
     n_gallery: int
+    n_without_relevant: int  # queries with no relevant gallery image: counted, scoring 0
 
     def summary(self) -> dict[str, object]:
         """JSON-friendly figures (per-query APs left out)."""
@@ -69,6 +80,8 @@ class RetrievalMetrics:
             "per_class_ap": self.per_class_ap,
             "n_queries": self.n_queries,
             "n_gallery": self.n_gallery,
+            "n_queries_without_relevant": self.n_without_relevant,
+            "no_relevant_convention": NO_RELEVANT_CONVENTION,
             "pr_curve": {"recall": self.pr_recall, "precision": self.pr_precision},
         }
 
@@ -117,11 +130,12 @@ def evaluate_rankings(
     }
     labels = np.asarray(query_labels)
     per_class = {class_names[int(c)]: float(aps[labels == c].mean()) for c in np.unique(labels)}
-    # Mean interpolated PR curve over queries, at fixed recall levels.
+    # Mean interpolated PR curve over all queries (as mAP), at fixed recall levels.
     levels = np.linspace(0.0, 1.0, pr_points)
     curves = []
     for i in range(len(rel)):
-        if totals[i] == 0:
+        if totals[i] <= 0:
+            curves.append(np.zeros_like(levels))  # the convention: precision 0 throughout
             continue
         hits = np.cumsum(rel[i])
         recall = hits / totals[i]
@@ -141,4 +155,5 @@ def evaluate_rankings(
         pr_precision=[float(x) for x in mean_curve],
         n_queries=len(rel),
         n_gallery=n_gallery,
+        n_without_relevant=int((totals <= 0).sum()),
     )

@@ -74,6 +74,7 @@ def run_demo(settings: Settings, train_epochs: int, image_size: int, serve: bool
             batch_size=settings.batch_size,
             num_workers=settings.num_workers,
             device=settings.device,
+            max_pixels=settings.max_pixels,
             progress=progress,
         )
     typer.echo(
@@ -103,7 +104,7 @@ def run_demo(settings: Settings, train_epochs: int, image_size: int, serve: bool
         if ("airplane" in ucm.class_names)
         else ucm.paths[0]
     )
-    hits = searcher.search_images([read_image(Path(query_path))], k=5)[0]
+    hits = searcher.search_images([read_image(Path(query_path), settings.max_pixels)], k=5)[0]
     typer.echo(f"search for {query_path.name}:")
     for rank, hit in enumerate(hits, 1):
         typer.echo(f"  {rank}. {hit.score:.3f} {hit.label or '-':<18} {hit.path}")

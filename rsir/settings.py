@@ -12,6 +12,11 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The decompression-bomb guard's one constant: width x height of the largest image decoded;
+# decoded samples may take 4 bytes a pixel of it (model/imageio.py), archive entries no more
+# than that uncompressed.
+MAX_PIXELS = 40_000_000
+
 
 class Settings(BaseSettings):
     """Configuration of rsir. Every field can be set as RSIR_<NAME> in the environment."""
@@ -49,7 +54,12 @@ class Settings(BaseSettings):
     worker_host: str = "127.0.0.1"
     worker_port: int = 8001
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
-    max_pixels: int = Field(default=40_000_000, ge=1, description="Decompression-bomb guard.")
+    max_pixels: int = Field(
+        default=MAX_PIXELS,
+        ge=1,
+        description="Decompression-bomb guard: most pixels (width x height) of an image decoded; "
+        "its samples may take 4 bytes a pixel of it, an archive entry no more than that.",
+    )
     batch_max_size: int = Field(default=16, ge=1)
     batch_max_wait_ms: float = Field(default=5.0, ge=0)
     job_max_attempts: int = Field(default=2, ge=1)

@@ -1,19 +1,16 @@
-"""Checking uploaded images: byte cap, content sniffing, pixel cap, then decoding.
+"""Checking uploaded images: byte cap, content sniffing, pixel and sample cap, then decoding.
 
-The declared content type and file name are ignored: only the bytes decide. The pixel count
-is read from the header before any pixel is decoded, so a decompression bomb costs nothing.
+The declared content type and file name are ignored: only the bytes decide. Pixels and samples
+(width x height x bands x bytes per sample) are checked from the header before any pixel is
+decoded (model/imageio.py), so a decompression bomb costs nothing.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
-
-import tifffile
 from fastapi import UploadFile
 from PIL import Image
 
-from model.imageio import ImageDecodeError, decode_image, is_tiff
+from model.imageio import ImageDecodeError, ImageTooLargeError, decode_image
 from service.errors import PayloadTooLargeError, ServiceError, UnsupportedMediaError
 
 CHUNK = 1 << 20
@@ -54,20 +51,8 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     return b"".join(parts)
 
 
-def _header_pixels(data: bytes) -> int:
-    """Width x height from the header alone."""
-    if is_tiff(data):
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            page = tif.pages[0]
-            return int(page.imagewidth) * int(page.imagelength)  # type: ignore[union-attr]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data)) as image:
-            return int(image.width) * int(image.height)
-
-
 def check_and_decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Bytes -> RGB image, or 415 (not an image), 413 (too many pixels), 422 (corrupt)."""
+    """Bytes -> RGB image, or 415 (not an image), 413 (over the pixel/sample cap), 422 (corrupt)."""
     if not data:
         raise UnsupportedMediaError("empty upload: expected an image")
     if sniff_image_type(data) is None:
@@ -75,16 +60,8 @@ def check_and_decode(data: bytes, max_pixels: int) -> Image.Image:
             "the upload is not an image (JPEG, PNG, TIFF, GIF, BMP or WebP expected)"
         )
     try:
-        pixels = _header_pixels(data)
-    except Image.DecompressionBombError as exc:
-        raise PayloadTooLargeError(f"image refused as a decompression bomb: {exc}") from None
-    except Exception as exc:  # unreadable header of a file with an image signature
-        raise ServiceError(f"cannot read the image: {exc}", 422) from None
-    if pixels > max_pixels:
-        raise PayloadTooLargeError(
-            f"image has {pixels} pixels, over the limit of {max_pixels} (decompression bomb guard)"
-        )
-    try:
         return decode_image(data, max_pixels)
+    except ImageTooLargeError as exc:
+        raise PayloadTooLargeError(f"{exc} (decompression bomb guard)") from None
     except ImageDecodeError as exc:
         raise ServiceError(f"cannot decode the image: {exc}", 422) from None

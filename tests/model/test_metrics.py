@@ -65,3 +65,20 @@ def test_all_vs_all_counts_one_relevant_fewer() -> None:
         np.array([[1, 2]]), [0], [0, 0, 1], ["a", "b"], ks=(1,), queries_in_gallery=True
     )
     assert m.map == 1.0
+
+
+def test_query_without_relevant_image_counts_as_zero_in_map_and_pr_curve_alike() -> None:
+    gallery_labels = [0, 0, 1, 1]
+    ranked = np.array([[0, 2, 1, 3], [0, 1, 2, 3]])
+    alone = evaluate_rankings(ranked[:1], [0], gallery_labels, ["a", "b", "c"], ks=(2,))
+    both = evaluate_rankings(ranked, [0, 2], gallery_labels, ["a", "b", "c"], ks=(2,))
+    # class c is absent from the gallery: the second query can retrieve nothing relevant
+    assert both.n_without_relevant == 1 and alone.n_without_relevant == 0
+    assert math.isclose(both.map, alone.map / 2)
+    assert both.map_at_k[2] == pytest.approx(alone.map_at_k[2] / 2)
+    assert both.pr_precision == pytest.approx([p / 2 for p in alone.pr_precision])
+    # the curve and mAP average over the same queries: its mean tracks mAP, not twice it
+    assert np.mean(both.pr_precision) < np.mean(alone.pr_precision)
+    summary = both.summary()
+    assert summary["n_queries_without_relevant"] == 1
+    assert "AP 0" in str(summary["no_relevant_convention"])
