@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Dialect,
     Engine,
     Float,
     ForeignKey,
@@ -26,13 +27,41 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+# The largest id an INTEGER primary key holds on every supported DB (PostgreSQL's is 32-bit).
+MAX_ROW_ID = 2**31 - 1
 
 
 def utcnow() -> datetime:
     """Timezone-aware now, for created_at columns."""
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A datetime stored as UTC and read back timezone-aware, on SQLite (naive) and PostgreSQL.
+
+    Lease expiry is compared inside SQL, so every stored value must be in the same zone; plain
+    `DateTime(timezone=True)` on SQLite drops the zone and keeps the local wall time.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -54,7 +83,7 @@ class ImageRow(Base):
     label: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
     model_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
     index_version: Mapped[int] = mapped_column(Integer, index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Tiles of a geo-referenced scene (indexer/scenes.py); NULL for plain images.
     scene_id: Mapped[int | None] = mapped_column(ForeignKey("scenes.id"), nullable=True, index=True)
     win_col: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -98,7 +127,7 @@ class SceneRow(Base):
     min_lat: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_lon: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_lat: Mapped[float | None] = mapped_column(Float, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class IndexVersionRow(Base):
@@ -116,7 +145,7 @@ class IndexVersionRow(Base):
     factory: Mapped[str] = mapped_column(String(256))
     ntotal: Mapped[int] = mapped_column(Integer)
     committed: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 def make_engine(url: str) -> Engine:

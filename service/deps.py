@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import anyio.to_thread
-from fastapi import Depends, File, Header, Request, UploadFile
+from fastapi import Depends, File, Header, Path, Request, UploadFile
 from PIL import Image
 
+from indexer.db import MAX_ROW_ID
 from rsir.settings import Settings
 from service.backend import Backend
 from service.jobs import JobStore
@@ -51,6 +52,10 @@ def require_api_key(
 
 
 ApiKeyDep = Depends(require_api_key)
+
+# A path id (image or job): bounded to what the DB column holds, so a larger one is a 422,
+# never an out-of-range error from the DB driver.
+RowId = Annotated[int, Path(ge=0, le=MAX_ROW_ID, description="A row id.")]
 
 
 @dataclass

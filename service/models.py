@@ -6,45 +6,18 @@ whole metadata DB. The schema itself is made by `migrations/versions/0002_jobs.p
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Float, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, Float, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, deferred, mapped_column
-from sqlalchemy.types import TypeDecorator
 
-from indexer.db import Base
+from indexer.db import Base, UTCDateTime, utcnow
 
 JOB_KINDS = ("evaluation", "index")
 JOB_STATUSES = ("queued", "running", "done", "failed")
 
-
-def utcnow() -> datetime:
-    """Timezone-aware now; leases compare these, so every writer uses UTC."""
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A datetime stored as UTC and read back timezone-aware, on SQLite (naive) and PostgreSQL.
-
-    Lease expiry is compared inside SQL, so every stored value must be in the same zone.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+__all__ = ["JOB_KINDS", "JOB_STATUSES", "JobRow", "UTCDateTime", "utcnow"]
 
 
 class JobRow(Base):

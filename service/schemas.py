@@ -87,12 +87,17 @@ class EvaluationRequest(BaseModel):
     )
     model: str | None = Field(default=None, description="Embedder name; default: the served one.")
     protocol: Literal["split", "all-vs-all"] = "split"
-    seed: int | None = Field(default=None, description="Split seed; default: the checkpoint's.")
+    seed: int | None = Field(
+        default=None, ge=0, le=2**32 - 1, description="Split seed; default: the checkpoint's."
+    )
     per_class: int | None = Field(default=None, ge=1, description="Cap images per class.")
 
 
 class IndexJobRequest(BaseModel):
-    source: str = Field(description="Folder, .zip, .tar(.gz) or .tif inside the data root.")
+    source: str = Field(
+        min_length=1,
+        description="Folder, .zip, .tar(.gz) or .tif inside the data root (not the root itself).",
+    )
     factory: str | None = Field(default=None, description="FAISS factory string (new index).")
 
 

@@ -6,7 +6,9 @@ the configured data root; the service never fetches a URL.
 
 from __future__ import annotations
 
+import errno
 import hmac
+import os
 from pathlib import Path
 
 from service.errors import ForbiddenPathError, ServiceError
@@ -42,15 +44,40 @@ def check_api_key(configured: str | None, given: str | None) -> None:
 
 
 def resolve_inside(path: str | Path, root: Path) -> Path:
-    """`path` (relative paths are taken from `root`) resolved, or 403 if it leaves `root`."""
+    """`path` (relative paths are taken from `root`) resolved, or 403 if it leaves `root`.
+
+    What the OS cannot take (a NUL byte, an unknown `~user`, a name over the system's limit, a
+    symlink loop) is a 422 naming the problem, never an exception from the OS.
+    """
     text = str(path)
     if "://" in text:
         raise ForbiddenPathError("URLs are not fetched: give a path inside the data root")
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    if "\x00" in text:
+        raise ServiceError(f"path {shown!r} contains a NUL byte", 422)
     base = Path(root).resolve()
-    candidate = Path(text).expanduser()
-    resolved = (candidate if candidate.is_absolute() else base / candidate).resolve()
-    if not resolved.is_relative_to(base):
-        raise ForbiddenPathError(f"path {text!r} is outside the data root")
-    if not resolved.exists():
-        raise ServiceError(f"path {text!r} does not exist in the data root", 404)
+    try:
+        candidate = Path(text).expanduser()
+    except RuntimeError as exc:  # `~user` of no known user
+        raise ServiceError(f"path {shown!r}: cannot expand the home folder ({exc})", 422) from None
+    try:
+        resolved = (candidate if candidate.is_absolute() else base / candidate).resolve()
+        if not resolved.is_relative_to(base):
+            raise ForbiddenPathError(f"path {shown!r} is outside the data root")
+        exists = resolved.exists()
+    except RuntimeError:  # Python 3.11's resolve() on a symlink loop
+        raise ServiceError(f"path {shown!r} is a symlink loop", 422) from None
+    except OSError as exc:
+        raise ServiceError(f"path {shown!r}: {_os_reason(exc)}", 422) from None
+    if not exists:
+        raise ServiceError(f"path {shown!r} does not exist in the data root", 404)
     return resolved
+
+
+def _os_reason(exc: OSError) -> str:
+    """A one-line reason for an OS refusal, without the server path the exception carries."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "name too long"
+    return os.strerror(exc.errno) if exc.errno else type(exc).__name__

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -24,6 +24,7 @@ from rsir import __version__
 from rsir.settings import Settings
 from service.app import MULTIPART_SLACK_BYTES, add_error_handlers
 from service.backend import INTERNAL_PREFIX, classify_to_json, search_to_json
+from service.deps import RowId
 from service.errors import PayloadTooLargeError
 from service.inference import InferenceCore
 from service.jobs import JobStore
@@ -109,7 +110,7 @@ async def search(
 @internal.get("/images/{image_id}/similar")
 async def similar(
     core: CoreDep,
-    image_id: Annotated[int, Path(ge=0)],
+    image_id: RowId,
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
     label: str | None = None,
 ) -> dict[str, Any]:
@@ -117,7 +118,7 @@ async def similar(
 
 
 @internal.delete("/images/{image_id}")
-def remove_image(core: CoreDep, image_id: Annotated[int, Path(ge=0)]) -> dict[str, int]:
+def remove_image(core: CoreDep, image_id: RowId) -> dict[str, int]:
     return {"removed": core.remove_images([image_id])}
 
 

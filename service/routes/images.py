@@ -6,12 +6,12 @@ import io
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from PIL import Image
 
 from indexer.db import ImageRow, make_sessionmaker
 from model.imageio import ImageDecodeError, decode_image
-from service.deps import ApiKeyDep, BackendDep, SettingsDep, StateDep
+from service.deps import ApiKeyDep, BackendDep, RowId, SettingsDep, StateDep
 from service.errors import NotFoundError, ServiceError
 from service.schemas import ImageOut
 from service.uploads import sniff_image_type
@@ -40,7 +40,7 @@ def _bytes(state: StateDep, row: ImageRow) -> bytes:
         ) from None
 
 
-ImageId = Annotated[int, Path(ge=0)]
+ImageId = RowId
 
 
 def content_disposition(path: str) -> str:

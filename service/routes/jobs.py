@@ -11,10 +11,10 @@ from pathlib import Path as FsPath
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from model.datasets import DatasetNotFoundError, resolve_layout_root
-from service.deps import ApiKeyDep, BackendDep, JobsDep, SettingsDep, StateDep
+from service.deps import ApiKeyDep, BackendDep, JobsDep, RowId, SettingsDep, StateDep
 from service.errors import NotFoundError, NotReadyError, ServiceError, UnknownModelError
 from service.models import JobRow
 from service.schemas import (
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"])
 
-JobId = Annotated[int, Path(ge=0)]
+JobId = RowId
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
@@ -194,6 +194,8 @@ async def create_index_job(
 ) -> IndexJobOut:
     """Queue an indexing run of a folder or archive on the server (inside the data root)."""
     source: FsPath = resolve_inside(body.source, settings.data_root)
+    if source == FsPath(settings.data_root).resolve():
+        raise ServiceError("source is the whole data root: name a folder or archive inside it", 422)
     params = {"source": str(source), "factory": body.factory}
     row = await anyio.to_thread.run_sync(jobs.create, "index", params)
     out = index_job_out(request, row)

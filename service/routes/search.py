@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Path, Query, Request, Response
+from fastapi import APIRouter, Form, Query, Request, Response
 
-from service.deps import BackendDep, ImageDep
+from service.deps import BackendDep, ImageDep, RowId
 from service.inference import SearchResult
 from service.schemas import HitOut, SearchResponse
 
@@ -58,7 +58,7 @@ async def search(
 async def similar(
     request: Request,
     backend: BackendDep,
-    image_id: Annotated[int, Path(ge=0)],
+    image_id: RowId,
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
     label: Annotated[str | None, Query()] = None,
 ) -> SearchResponse:

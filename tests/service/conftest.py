@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -196,3 +197,24 @@ def migrated_db(db_url: str) -> str:
     """`db_url` with the schema at head."""
     upgrade_db(db_url)
     return db_url
+
+
+# ---------------------------------------------------------------------- apps
+AppFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@asynccontextmanager
+async def _running_app(settings: Settings, **kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
+    from service.app import create_app
+
+    app = create_app(settings, poll_seconds=0.1, **kwargs)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
+@pytest.fixture
+def running_app() -> AppFactory:
+    """`async with running_app(settings) as client`: a real app, lifespan included."""
+    return _running_app
