@@ -99,7 +99,9 @@ def index(
 
 @app.command()
 def search(
-    image: Annotated[Path, typer.Argument(help="Query image.")],
+    image: Annotated[
+        Path | None, typer.Argument(help="Query image (or --scene with --window/--place).")
+    ] = None,
     index_dir: Annotated[Path | None, typer.Option()] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Default: the checkpoint that made the index.")
@@ -107,28 +109,66 @@ def search(
     db: Annotated[str | None, typer.Option()] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1)] = 10,
     label: Annotated[str | None, typer.Option(help="Only hits of this class.")] = None,
+    bbox: Annotated[
+        str | None,
+        typer.Option(help="Only tiles whose footprint meets west,south,east,north (degrees)."),
+    ] = None,
+    scene: Annotated[
+        int | None, typer.Option(help="Query by place: the id of an indexed scene.")
+    ] = None,
+    window: Annotated[
+        str | None, typer.Option(help="With --scene: pixel window col,row,width,height.")
+    ] = None,
+    place: Annotated[
+        str | None, typer.Option(help="With --scene: lon/lat window west,south,east,north.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_geojson: Annotated[
+        bool, typer.Option("--geojson", help="Print a GeoJSON FeatureCollection.")
+    ] = False,
 ) -> None:
-    """Rank the indexed images by similarity to IMAGE."""
+    """Rank the indexed images by similarity to IMAGE (or to a place of an indexed scene)."""
+    from indexer.area import BBox
+    from indexer.geojson import feature_collection
+    from indexer.geoquery import decode_query, parse_window, place_image
     from indexer.search import Searcher
     from indexer.store import ModelMismatchError
-    from model.imageio import ImageDecodeError, read_image
+    from model.imageio import ImageDecodeError
 
     settings = get_settings(index_dir=index_dir, db_url=db)
+    if (image is None) == (scene is None):
+        raise _fail("give a query IMAGE or --scene ID (with --window or --place)")
     try:
-        query = read_image(image, settings.max_pixels)
+        area = BBox.parse(bbox) if bbox else None
         searcher = Searcher.open(
             settings.index_dir, checkpoint or None, settings.resolved_db_url(), settings.device
         )
+        engine = searcher.store.engine
+        if image is not None:
+            query = decode_query(image.read_bytes(), engine, settings.max_pixels)
+        else:
+            assert scene is not None
+            pixels = parse_window(window) if window else None
+            query = place_image(engine, scene, pixels, BBox.parse(place) if place else None).image
     except (ModelMismatchError, FileNotFoundError, ImageDecodeError, ValueError) as exc:
-        raise _fail(str(exc)) from None
-    hits = searcher.search_images([query], k, label)[0]
+        raise _fail(str(exc)) from None  # ValueError: also a bad bbox, window or scene id
+    hits = searcher.search_images([query], k, label, area)[0]
+    if as_geojson:
+        typer.echo(json.dumps(feature_collection(h.to_dict() for h in hits), indent=1))
+        return
     if as_json:
         typer.echo(json.dumps([h.to_dict() for h in hits], indent=1))
         return
     typer.echo(f"{'rank':>4}  {'score':>6}  {'id':>7}  {'label':<20} path")
     for rank, hit in enumerate(hits, 1):
-        typer.echo(f"{rank:>4}  {hit.score:6.3f}  {hit.id:>7}  {hit.label or '-':<20} {hit.path}")
+        place_text = ""
+        if hit.bbox is not None:
+            lon, lat = (hit.bbox[0] + hit.bbox[2]) / 2, (hit.bbox[1] + hit.bbox[3]) / 2
+            place_text = f"  @ {lat:.5f}, {lon:.5f}"
+        typer.echo(
+            f"{rank:>4}  {hit.score:6.3f}  {hit.id:>7}  {hit.label or '-':<20} {hit.path}"
+            + place_text
+        )
 
 
 @app.command()

@@ -23,15 +23,18 @@ from indexer.scenes import (
     WGS84,
     SceneError,
     Stretch,
+    UnknownSceneError,
     bands_to_rgb,
     default_bands,
     gdal_env,
     is_georeferenced,
     open_scene,
     read_window,
+    window_corners,
 )
 from model.imageio import ImageDecodeError, decode_image, is_tiff
 
+WEB_MERCATOR = "EPSG:3857"
 PLACE_MAX_SIDE = 1024  # a place query is read at most this many pixels wide (overviews)
 
 
@@ -48,7 +51,7 @@ def get_scene(engine: Engine, scene_id: int) -> SceneRow:
     with make_sessionmaker(engine)() as session:
         row = session.get(SceneRow, scene_id)
     if row is None:
-        raise SceneError(f"no indexed scene with id {scene_id}")
+        raise UnknownSceneError(f"no indexed scene with id {scene_id}")
     return row
 
 
@@ -163,42 +166,60 @@ def place_image(
     return Place(scene_id, window, bands_to_rgb(pixels))
 
 
-def overview_png(engine: Engine, scene_id: int, max_side: int = 1024) -> tuple[bytes, list[float]]:
-    """The scene as a PNG in Web Mercator with transparent nodata, and its lon/lat bounds
-    (west, south, east, north): a map places it there exactly (EPSG:3857 is the map's CRS)."""
+def overview_extent(scene: SceneRow) -> tuple[tuple[float, float, float, float], list[float]]:
+    """Where a scene's overview lies: its box in Web Mercator and that box in lon/lat
+    (west, south, east, north). Computed from the DB record alone, without opening the file."""
+    from affine import Affine
+
+    transform = Affine(*scene.transform[:6])
+    xs, ys = window_corners(transform, Window(0, 0, scene.width, scene.height))
+    with gdal_env():
+        mercator = transform_bounds(
+            scene.crs, WEB_MERCATOR, min(xs), min(ys), max(xs), max(ys), densify_pts=21
+        )
+        lon_lat = transform_bounds(WEB_MERCATOR, WGS84, *mercator)
+    return mercator, [float(v) for v in lon_lat]
+
+
+def overview_png(engine: Engine, scene_id: int, max_side: int = 1024) -> bytes:
+    """The scene warped to Web Mercator over `overview_extent`, nodata transparent (PNG), so
+    a web map places it exactly; read from the overviews, at most `max_side` pixels wide."""
     import io
 
-    from rasterio.warp import Resampling, calculate_default_transform, reproject
+    from rasterio.transform import from_bounds as transform_from_bounds
+    from rasterio.warp import Resampling, reproject
 
     scene = get_scene(engine, scene_id)
-    bands = scene_bands(scene)
+    if scene.crs is None:
+        raise SceneError(f"scene {scene_id} has no CRS: it has no place on a map")
+    mercator, _ = overview_extent(scene)
     with open_scene(scene.source) as dataset, gdal_env():
-        if not is_georeferenced(dataset):
-            raise SceneError(f"scene {scene_id} has no CRS: it has no place on a map")
         scale = max(1.0, max(dataset.width, dataset.height) / max_side)
         shape = (max(1, round(dataset.height / scale)), max(1, round(dataset.width / scale)))
         whole = Window(0, 0, dataset.width, dataset.height)
-        pixels, invalid = read_window(dataset, whole, shape, bands, scene_stretch(scene))
+        pixels, invalid = read_window(
+            dataset, whole, shape, scene_bands(scene), scene_stretch(scene)
+        )
         src_transform = dataset.transform @ dataset.transform.scale(
             dataset.width / shape[1], dataset.height / shape[0]
         )
-        dst_transform, width, height = calculate_default_transform(
-            dataset.crs, "EPSG:3857", shape[1], shape[0], *dataset.bounds
+        rgb = np.repeat(pixels, 3, 0) if len(pixels) == 1 else pixels
+        alpha = np.where(invalid, 0, 255).astype(np.uint8)[None]
+        west, south, east, north = mercator
+        ratio = (east - west) / max(north - south, 1e-9)
+        width, height = (
+            (max_side, max(1, round(max_side / ratio)))
+            if ratio >= 1
+            else (max(1, round(max_side * ratio)), max_side)
         )
-        rgba = np.concatenate(
-            [np.repeat(pixels, 3, 0) if len(pixels) == 1 else pixels,
-             np.where(invalid, 0, 255).astype(np.uint8)[None]],
-        )  # fmt: skip
         out = np.zeros((4, height, width), dtype=np.uint8)
         reproject(
-            rgba, out, src_transform=src_transform, src_crs=dataset.crs,
-            dst_transform=dst_transform, dst_crs="EPSG:3857", resampling=Resampling.nearest,
+            np.concatenate([rgb, alpha]), out, src_transform=src_transform, src_crs=dataset.crs,
+            dst_transform=transform_from_bounds(west, south, east, north, width, height),
+            dst_crs=WEB_MERCATOR, resampling=Resampling.nearest,
         )  # fmt: skip
-    west, north = dst_transform @ (0, 0)
-    east, south = dst_transform @ (width, height)
-    lon_lat = transform_bounds("EPSG:3857", WGS84, west, south, east, north)
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(np.moveaxis(out, 0, -1)), mode="RGBA").save(
         buffer, format="PNG"
     )
-    return buffer.getvalue(), [float(v) for v in lon_lat]
+    return buffer.getvalue()

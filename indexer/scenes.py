@@ -46,6 +46,10 @@ class SceneError(ValueError):
     """A scene or a window of it cannot be read as asked (bad bands, outside the scene...)."""
 
 
+class UnknownSceneError(SceneError):
+    """No indexed scene has this id."""
+
+
 class TileSkipped(Exception):
     """A tile that is not worth indexing: `reason` is 'nodata' or 'blank'."""
 

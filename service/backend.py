@@ -14,6 +14,7 @@ import anyio.to_thread
 import httpx
 from PIL import Image
 
+from indexer.area import BBox
 from indexer.search import Hit
 from service.errors import NotReadyError, ServiceError
 from service.inference import ClassifyResult, InferenceCore, ModelInfo, Prediction, SearchResult
@@ -25,7 +26,7 @@ class Backend(Protocol):
     """The operations the HTTP routes need from the inference side."""
 
     async def search(
-        self, data: bytes, image: Image.Image, k: int, label: str | None
+        self, data: bytes, image: Image.Image, k: int, label: str | None, bbox: BBox | None = None
     ) -> SearchResult: ...
 
     async def similar(self, image_id: int, k: int, label: str | None) -> SearchResult: ...
@@ -52,9 +53,9 @@ class LocalBackend:
         self.core = core
 
     async def search(
-        self, data: bytes, image: Image.Image, k: int, label: str | None
+        self, data: bytes, image: Image.Image, k: int, label: str | None, bbox: BBox | None = None
     ) -> SearchResult:
-        return await self.core.search(image, k, label)
+        return await self.core.search(image, k, label, bbox)
 
     async def similar(self, image_id: int, k: int, label: str | None) -> SearchResult:
         return await self.core.similar(image_id, k, label)
@@ -140,10 +141,11 @@ class RemoteBackend:
         return {k: v for k, v in values.items() if v is not None}
 
     async def search(
-        self, data: bytes, image: Image.Image, k: int, label: str | None
+        self, data: bytes, image: Image.Image, k: int, label: str | None, bbox: BBox | None = None
     ) -> SearchResult:
+        area = ",".join(map(repr, bbox.as_list())) if bbox is not None else None
         response = await self._request(
-            "POST", "/search", params=self._params(k=k, label=label), content=data
+            "POST", "/search", params=self._params(k=k, label=label, bbox=area), content=data
         )
         return search_from_json(response.json())
 

@@ -77,3 +77,19 @@ async def checked_image(
 
 
 ImageDep = Annotated[CheckedImage, Depends(checked_image)]
+
+
+async def optional_checked_image(
+    settings: SettingsDep,
+    image: Annotated[
+        UploadFile | None,
+        File(description="The image (JPEG, PNG, TIFF, ...); optional for a query by place."),
+    ] = None,
+) -> CheckedImage | None:
+    """Like `checked_image`, for routes that can also take their query from elsewhere."""
+    if image is None:
+        return None
+    return await checked_image(settings, image)
+
+
+OptionalImageDep = Annotated[CheckedImage | None, Depends(optional_checked_image)]

@@ -6,6 +6,8 @@ worker deployments answer the same status for the same failure.
 
 from __future__ import annotations
 
+from indexer.area import AreaError, BBox
+
 
 class ServiceError(Exception):
     """An error with the HTTP status it maps to."""
@@ -59,3 +61,13 @@ class ForbiddenPathError(ServiceError):
     """A server-side path that resolves outside the data root."""
 
     status_code = 403
+
+
+def parse_area(text: str | None) -> BBox | None:
+    """A `bbox` parameter (west,south,east,north) or a 422 saying what is wrong with it."""
+    if not text:
+        return None
+    try:
+        return BBox.parse(text)
+    except AreaError as exc:
+        raise ServiceError(str(exc), 422) from None

@@ -19,10 +19,11 @@ import torch
 from PIL import Image
 from sqlalchemy import Engine
 
+from indexer.area import BBox
 from indexer.db import ImageRow, make_sessionmaker
 from indexer.embedding import EmbeddingModel
 from indexer.pipeline import read_model_file
-from indexer.search import Hit, hits_for
+from indexer.search import Hit, area_search, hits_for
 from indexer.store import IndexStore, ModelMismatchError
 from model.checkpoint import Checkpoint, load_embedder
 from model.device import best_device
@@ -336,12 +337,19 @@ class InferenceCore:
         fetch = k * LABEL_FETCH_FACTOR if label is not None else k
         return fetch + (1 if exclude else 0)
 
-    async def search(self, image: Image.Image, k: int, label: str | None) -> SearchResult:
-        """Top-k indexed images like `image` (optionally only of class `label`)."""
-        model, _, batcher = self._ready_search()
+    async def search(
+        self, image: Image.Image, k: int, label: str | None, bbox: BBox | None = None
+    ) -> SearchResult:
+        """Top-k indexed images like `image` (optionally only of class `label`, and only tiles
+        whose footprint intersects `bbox`: a filtered FAISS search over the area's ids)."""
+        model, store, batcher = self._ready_search()
         tensor = await anyio.to_thread.run_sync(model.transform, image)
-        vector, scores, ids = await batcher.run((tensor, self._fetch(k, label, False)))
-        hits = await anyio.to_thread.run_sync(self._rank, vector, scores, ids, k, label)
+        fetch = 1 if bbox is not None else self._fetch(k, label, False)
+        vector, scores, ids = await batcher.run((tensor, fetch))
+        if bbox is not None:
+            hits = await anyio.to_thread.run_sync(area_search, store, vector[None], k, label, bbox)
+        else:
+            hits = await anyio.to_thread.run_sync(self._rank, vector, scores, ids, k, label)
         assert self.checkpoint is not None
         return SearchResult(hits, self.checkpoint.fingerprint)
 

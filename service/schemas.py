@@ -24,6 +24,17 @@ class HitOut(BaseModel):
     path: str
     thumbnail_url: str
     file_url: str
+    scene_id: int | None = Field(default=None, description="Scene of a geo-referenced tile.")
+    window: list[int] | None = Field(
+        default=None, description="The tile's pixel window in its scene: col, row, width, height."
+    )
+    crs: str | None = Field(default=None, description="The scene's CRS (EPSG:<code> or WKT).")
+    footprint: dict[str, Any] | None = Field(
+        default=None, description="The tile's outline in WGS84: a GeoJSON Polygon (lon, lat)."
+    )
+    bbox: list[float] | None = Field(
+        default=None, description="The footprint's bounding box: west, south, east, north."
+    )
 
 
 class SearchResponse(BaseModel):
@@ -31,6 +42,30 @@ class SearchResponse(BaseModel):
     k: int
     model_fingerprint: str
     took_ms: float
+
+
+class SceneOut(BaseModel):
+    id: int
+    name: str
+    width: int
+    height: int
+    band_count: int
+    dtype: str
+    bands: list[int] = Field(description="The bands its tiles were made of.")
+    stretch: list[list[float]] | None = Field(
+        description="Per-band 2-98 % values mapped to 0-255 (None: 8-bit data shown as is)."
+    )
+    crs: str | None
+    footprint: dict[str, Any] | None
+    bbox: list[float] | None
+    overview_url: str | None = Field(description="The scene in Web Mercator (PNG) for maps.")
+    overview_bbox: list[float] | None = Field(
+        description="Where the overview lies: west, south, east, north (degrees)."
+    )
+
+
+class ScenesResponse(BaseModel):
+    scenes: list[SceneOut]
 
 
 class ImageOut(BaseModel):

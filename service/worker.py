@@ -25,7 +25,7 @@ from rsir.settings import Settings
 from service.app import MULTIPART_SLACK_BYTES, add_error_handlers
 from service.backend import INTERNAL_PREFIX, classify_to_json, search_to_json
 from service.deps import RowId
-from service.errors import PayloadTooLargeError
+from service.errors import PayloadTooLargeError, parse_area
 from service.inference import InferenceCore
 from service.jobs import JobStore
 from service.metrics import Metrics
@@ -102,9 +102,11 @@ async def search(
     core: CoreDep,
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
     label: str | None = None,
+    bbox: str | None = None,
 ) -> dict[str, Any]:
+    area = parse_area(bbox)
     image = await _image(request, state)
-    return search_to_json(await core.search(image, k, label))
+    return search_to_json(await core.search(image, k, label, area))
 
 
 @internal.get("/images/{image_id}/similar")

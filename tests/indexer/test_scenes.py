@@ -7,16 +7,23 @@ raw GeoTIFF tags with tifffile (not rasterio) and corners projected with pyproj 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+import shapely
 import tifffile
+from PIL import Image
 from pyproj import Transformer
 from rasterio.windows import Window
+from shapely.geometry import shape
 from sqlalchemy import inspect, select
+from typer.testing import CliRunner
 
+from indexer.area import BBox, ids_in_bbox
+from indexer.cli import app as cli_app
 from indexer.db import ImageRow, SceneRow, make_engine, make_sessionmaker, upgrade_db
 from indexer.geoquery import decode_query, place_image
 from indexer.pipeline import index_source
@@ -248,3 +255,46 @@ def test_geo_migration_up_and_down_on_both_databases(db_url: str) -> None:
     assert "footprint" not in {c["name"] for c in inspect(engine).get_columns("images")}
     engine.dispose()
     upgrade_db(db_url)
+
+
+def test_bbox_search_equals_brute_force(geo_index: Path, tmp_path: Path) -> None:
+    searcher = Searcher.open(geo_index, device="cpu")
+    engine = searcher.store.engine
+    with make_sessionmaker(engine)() as session:
+        rows = list(session.scalars(select(ImageRow)))
+    vectors = {r.id: searcher.store.index.reconstruct(r.id) for r in rows}
+    with rasterio.open(LANDSAT) as src:
+        pixels = src.read(window=Window(300, 200, 256, 256))
+    query = searcher.model.embed_images([Image.fromarray(np.moveaxis(pixels, 0, -1))])
+    rng = np.random.default_rng(0)
+    areas = [BBox(-78.2, 24.0, -77.4, 24.6), BBox(128.6, 37.6, 128.7, 37.7), BBox(0, 0, 1, 1)]
+    for _ in range(6):  # random boxes over both scenes' region
+        lon = np.sort(rng.uniform(-79.5, -76.0, 2))
+        lat = np.sort(rng.uniform(23.0, 26.0, 2))
+        areas.append(BBox(lon[0], lat[0], lon[1], lat[1]))
+    for area in areas:
+        box = shapely.box(*area.as_list())
+        inside = [r.id for r in rows if r.footprint and shape(r.footprint).intersects(box)]
+        assert set(ids_in_bbox(engine, area).tolist()) == set(inside), area
+        brute = sorted(inside, key=lambda i: -float(vectors[i] @ query[0]))[:5]
+        hits = searcher.search_images([Image.fromarray(np.moveaxis(pixels, 0, -1))], 5, None, area)
+        assert [h.id for h in hits[0]] == brute, area
+    # The CLI prints a FeatureCollection of the filtered hits.
+    tile = tmp_path / "tile.png"
+    Image.fromarray(np.moveaxis(pixels, 0, -1)).save(tile)
+    area = areas[0]
+    result = CliRunner().invoke(
+        cli_app,
+        ["search", str(tile), "--index-dir", str(geo_index), "--geojson", "-k", "50",
+         "--bbox", ",".join(map(str, area.as_list()))],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    collection = json.loads(result.output)
+    assert collection["type"] == "FeatureCollection" and collection["features"]
+    for feature in collection["features"]:
+        geometry = shape(feature["geometry"])
+        assert geometry.is_valid and geometry.intersects(shapely.box(*area.as_list()))
+        assert feature["properties"]["crs"] == "EPSG:32618"
+    bad = CliRunner().invoke(cli_app, ["search", str(tile), "--index-dir", str(geo_index),
+                                       "--bbox", "1,2"])  # fmt: skip
+    assert bad.exit_code == 2 and "bbox" in bad.output

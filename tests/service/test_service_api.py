@@ -51,7 +51,10 @@ async def test_search_finds_the_query_first(client: httpx.AsyncClient, world: Wo
     assert body["k"] == 5 and len(body["hits"]) == 5
     assert body["model_fingerprint"] == world.fingerprint
     first = body["hits"][0]
-    assert set(first) == {"id", "score", "label", "source", "path", "thumbnail_url", "file_url"}
+    assert set(first) == {
+        "id", "score", "label", "source", "path", "thumbnail_url", "file_url",
+        "scene_id", "window", "crs", "footprint", "bbox",  # None: plain images have no place
+    }  # fmt: skip
     assert first["path"] == f"{world.classes[0]}/{world.sample.name}"
     assert first["score"] > 0.99 and first["label"] == world.classes[0]
     scores = [hit["score"] for hit in body["hits"]]
