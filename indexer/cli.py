@@ -257,3 +257,38 @@ def remove(
             typer.echo(f"removed {removed} images; index holds {store.ntotal}")
     except (FileNotFoundError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
+
+
+@app.command()
+def compact(
+    index_dir: Annotated[Path | None, typer.Option()] = None,
+    db: Annotated[str | None, typer.Option()] = None,
+    full: Annotated[
+        bool, typer.Option(help="Merge every run of segments that fits (else: the tier policy).")
+    ] = True,
+    merge_factor: Annotated[
+        int | None, typer.Option(min=2, help="Segments of one tier merged at once.")
+    ] = None,
+) -> None:
+    """Merge small segments and drop removed vectors; each merge commits, so a re-run resumes."""
+    from dataclasses import replace
+
+    from indexer.db import make_engine
+    from indexer.store import IndexStore
+
+    settings = get_settings(index_dir=index_dir, db_url=db)
+    engine = make_engine(settings.resolved_db_url())
+    try:
+        with IndexStore.open(settings.index_dir, engine, writable=True) as store:
+            if merge_factor is not None:
+                store.policy = replace(store.policy, factor=merge_factor)
+            before = store.segment_count
+            merges = store.compact(full=full)
+            typer.echo(
+                f"{merges} merges: {before} -> {store.segment_count} segments; "
+                f"index holds {store.ntotal} (version {store.version})"
+            )
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        engine.dispose()

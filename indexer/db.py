@@ -148,6 +148,35 @@ class IndexVersionRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class IndexSegmentRow(Base):
+    """An immutable segment file holding the vectors of versions first_version..last_version.
+
+    It is live from `created_version` (the commit that wrote it) until `dropped_version` (the
+    compaction that merged it away), so the segments of any committed version are known.
+    """
+
+    __tablename__ = "index_segments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    filename: Mapped[str] = mapped_column(String(256))
+    first_version: Mapped[int] = mapped_column(Integer)
+    last_version: Mapped[int] = mapped_column(Integer)
+    ntotal: Mapped[int] = mapped_column(Integer)
+    created_version: Mapped[int] = mapped_column(Integer, index=True)
+    dropped_version: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TombstoneRow(Base):
+    """A removed image whose vector is still inside a segment; searches skip it."""
+
+    __tablename__ = "index_tombstones"
+
+    segment_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    image_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(Integer, index=True)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets WAL and a busy timeout so API and indexer can share it."""
     if url.startswith("sqlite"):

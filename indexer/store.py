@@ -1,10 +1,18 @@
-"""A FAISS index on disk, bound to one model, kept in agreement with the metadata DB.
+"""A FAISS index on disk as immutable segments, bound to one model, in agreement with the DB.
 
-Protocol (see docs/architecture.md): every change writes a new index file
-`index-v<N>.faiss` (temp, fsync, rename) and then, in ONE DB transaction, commits version N
-together with the rows it added or removed. At open, anything newer than the last committed
-version (rows or files) is discarded, so a crash at any point leaves index and DB agreeing and
-the next run redoes only the lost work.
+Protocol (see docs/architecture.md): the DB is the commit log and every change is one
+committed version N.
+- add: the rows are inserted tagged `index_version = N`; a NEW segment file holding only
+  their vectors is written (temp, fsync, rename); then ONE transaction records the segment
+  (live from N) and commits version N. Old segments are never rewritten.
+- remove: ONE transaction deletes the rows, records tombstones (segment, id) and commits N;
+  searches skip tombstoned ids through an id selector.
+- compact: a merged segment (without tombstoned vectors) is written, then ONE transaction
+  records it, marks the merged segments dropped at N, deletes their tombstones and commits N.
+At open for writing, rows, segments and tombstones newer than the last committed version and
+every file that no live segment names are discarded, so a crash at any point leaves index and
+DB agreeing and the next run redoes only the lost work. Readers load only segments they do not
+hold yet (`reload_if_changed`).
 """
 
 from __future__ import annotations
@@ -14,19 +22,39 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import faiss
 import numpy as np
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.orm import Session
 
-from indexer.db import ImageRow, IndexVersionRow, make_sessionmaker
+from indexer.compaction import MergePolicy, SegmentStat, plan_full, plan_merge
+from indexer.db import (
+    ImageRow,
+    IndexSegmentRow,
+    IndexVersionRow,
+    TombstoneRow,
+    make_sessionmaker,
+)
+from indexer.segments import (
+    LoadedSegment,
+    index_files,
+    index_ids,
+    merge_segments,
+    merge_topk,
+    read_index_file,
+    segment_filename,
+    set_search_defaults,
+    write_index_file,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FACTORY = "Flat"
+SQL_CHUNK = 10_000  # ids per IN (...) clause: below SQLite's and PostgreSQL's parameter limits
 
 
 class ModelMismatchError(RuntimeError):
@@ -35,14 +63,6 @@ class ModelMismatchError(RuntimeError):
 
 class IndexTrainingError(RuntimeError):
     """The FAISS factory needs more training vectors than the source provides."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def new_faiss_index(dim: int, factory: str) -> faiss.Index:
@@ -54,30 +74,61 @@ def new_faiss_index(dim: int, factory: str) -> faiss.Index:
     return faiss.IndexIDMap2(inner)
 
 
-def _set_search_defaults(index: faiss.Index) -> None:
-    """Sensible recall defaults for approximate indexes (nprobe, efSearch)."""
-    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-    if isinstance(inner, faiss.IndexIVF):
-        inner.nprobe = max(1, min(inner.nlist, 32))
-    elif isinstance(inner, faiss.IndexHNSW):
-        inner.hnsw.efSearch = 128
+def _chunks(values: Sequence[int]) -> list[list[int]]:
+    return [list(values[i : i + SQL_CHUNK]) for i in range(0, len(values), SQL_CHUNK)]
 
 
-def _search_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
-    """Search parameters carrying `selector`, of the type the inner index requires, keeping
-    its nprobe / efSearch (parameters replace the index's own settings)."""
-    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-    params: Any
-    if isinstance(inner, faiss.IndexIVF):
-        params = faiss.SearchParametersIVF()
-        params.nprobe = inner.nprobe
-    elif isinstance(inner, faiss.IndexHNSW):
-        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-        params.efSearch = inner.hnsw.efSearch
-    else:
-        params = faiss.SearchParameters()
-    params.sel = selector
-    return params
+@dataclass(frozen=True)
+class _State:
+    """The segments and tombstones of one committed version, as the DB records them."""
+
+    version: int
+    fingerprint: str
+    factory: str
+    segments: dict[int, IndexSegmentRow]
+    dead: dict[int, np.ndarray]  # segment id -> removed ids inside it
+
+
+def _committed_version(session: Session) -> IndexVersionRow | None:
+    return session.scalar(
+        select(IndexVersionRow)
+        .where(IndexVersionRow.committed.is_(True))
+        .order_by(IndexVersionRow.version.desc())
+        .limit(1)
+    )
+
+
+def _live_at(version: int) -> object:
+    return (IndexSegmentRow.created_version <= version) & (
+        IndexSegmentRow.dropped_version.is_(None) | (IndexSegmentRow.dropped_version > version)
+    )
+
+
+def _read_state(session: Session, current: IndexVersionRow) -> _State:
+    segments = {
+        row.id: row
+        for row in session.scalars(
+            select(IndexSegmentRow)
+            .where(_live_at(current.version))  # type: ignore[arg-type]
+            .order_by(IndexSegmentRow.first_version)
+        )
+    }
+    dead: dict[int, list[int]] = {}
+    if segments:
+        for seg_id, image_id in session.execute(
+            select(TombstoneRow.segment_id, TombstoneRow.image_id).where(
+                TombstoneRow.version <= current.version,
+                TombstoneRow.segment_id.in_(list(segments)),
+            )
+        ):
+            dead.setdefault(seg_id, []).append(image_id)
+    return _State(
+        current.version,
+        current.model_fingerprint,
+        current.factory,
+        segments,
+        {k: np.asarray(v, np.int64) for k, v in dead.items()},
+    )
 
 
 class IndexStore:
@@ -93,7 +144,16 @@ class IndexStore:
         self.dim = dim
         self.factory = factory
         self.version = 0
-        self.index: faiss.Index = new_faiss_index(dim, factory)
+        self.policy = MergePolicy()
+        self.auto_compact = True
+        self.mmap = False
+        self.bytes_written = 0  # segment bytes this process wrote (indexing-cost benchmark)
+        self._segment_rows: dict[int, IndexSegmentRow] = {}
+        self._dead: dict[int, np.ndarray] = {}
+        self._loaded: dict[int, LoadedSegment] = {}
+        self._template: faiss.Index | None = None
+        self._writable = False
+        self._synced = False
         self._lock = threading.RLock()
         self._lock_file: int | None = None
 
@@ -107,11 +167,13 @@ class IndexStore:
         dim: int | None = None,
         factory: str | None = None,
         writable: bool = False,
+        mmap: bool = False,
     ) -> IndexStore:
         """Open (reconciling after any crash) or create the index of `index_dir`.
 
         With `fingerprint`, an index made by another model is refused. A new index needs
-        `fingerprint` and `dim`; `factory` defaults to exact search.
+        `fingerprint` and `dim`; `factory` defaults to exact search. A reader loads every
+        segment now; a writer loads segments only when it searches or compacts.
         """
         index_dir = Path(index_dir)
         index_dir.mkdir(parents=True, exist_ok=True)
@@ -125,12 +187,7 @@ class IndexStore:
                 raise RuntimeError(f"another process is writing to {index_dir}") from None
         try:
             with make_sessionmaker(engine)() as session:
-                current = session.scalar(
-                    select(IndexVersionRow)
-                    .where(IndexVersionRow.committed.is_(True))
-                    .order_by(IndexVersionRow.version.desc())
-                    .limit(1)
-                )
+                current = _committed_version(session)
             if current is not None:
                 if fingerprint is not None and current.model_fingerprint != fingerprint:
                     raise ModelMismatchError(
@@ -145,18 +202,19 @@ class IndexStore:
                         current.factory,
                         factory,
                     )
-                store = cls(index_dir, engine, current.model_fingerprint, 0, current.factory)
-                store.version = current.version
-                store.index = faiss.read_index(str(index_dir / current.filename))
-                store.dim = store.index.d
+                store = cls(index_dir, engine, current.model_fingerprint, dim or 0, current.factory)
             else:
                 if fingerprint is None or dim is None:
                     raise FileNotFoundError(f"no index in {index_dir}: run `rsir index` first")
                 store = cls(index_dir, engine, fingerprint, dim, factory or DEFAULT_FACTORY)
             store._lock_file = lock_fd
-            _set_search_defaults(store.index)
+            store._writable = writable
+            store.mmap = mmap
             if writable:
                 store._reconcile()
+            store._refresh(load=not writable)
+            if store._segment_rows and not store._loaded:
+                store._empty_segment()  # reads the smallest segment: dimension, trained template
             return store
         except BaseException:
             if lock_fd is not None:
@@ -164,25 +222,35 @@ class IndexStore:
             raise
 
     def _reconcile(self) -> None:
-        """Drop what a crashed run left beyond the last committed version: rows and files."""
+        """Drop what a crashed run left beyond the last committed version: rows, records, files."""
         with self.sessions.begin() as session:
+            current = _committed_version(session)
+            version = current.version if current is not None else 0
             dropped = session.execute(
-                delete(ImageRow).where(ImageRow.index_version > self.version)
+                delete(ImageRow).where(ImageRow.index_version > version)
             ).rowcount
             session.execute(
                 delete(IndexVersionRow).where(
-                    (IndexVersionRow.version > self.version)
-                    | (IndexVersionRow.committed.is_(False))
+                    (IndexVersionRow.version > version) | (IndexVersionRow.committed.is_(False))
                 )
             )
+            session.execute(
+                delete(IndexSegmentRow).where(IndexSegmentRow.created_version > version)
+            )
+            session.execute(
+                update(IndexSegmentRow)
+                .where(IndexSegmentRow.dropped_version > version)
+                .values(dropped_version=None)
+            )
+            session.execute(delete(TombstoneRow).where(TombstoneRow.version > version))
         if dropped:
             log.warning("discarded %d rows of an interrupted run; they will be redone", dropped)
-        self._remove_stale_files()
 
     def _remove_stale_files(self) -> None:
-        keep = self.filename(self.version)
-        for path in self.index_dir.glob("index-v*.faiss*"):
-            if path.name != keep:
+        """Delete every index file that no live segment names (merged, orphaned, temporary)."""
+        keep = {row.filename for row in self._segment_rows.values()}
+        for path in index_files(self.index_dir):
+            if path.name not in keep:
                 path.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -202,73 +270,175 @@ class IndexStore:
     ) -> None:
         self.close()
 
+    # ---------------------------------------------------------------- state
+    def _read_consistent_state(self) -> _State | None:
+        """The state of the newest committed version, read again if a commit raced the read."""
+        for _ in range(20):
+            with self.sessions() as session:
+                current = _committed_version(session)
+                if current is None:
+                    return None
+                state = _read_state(session, current)
+                again = session.scalar(
+                    select(func.max(IndexVersionRow.version)).where(
+                        IndexVersionRow.committed.is_(True)
+                    )
+                )
+            if again == state.version:
+                return state
+        raise RuntimeError("the index kept changing while it was being read")
+
+    def _refresh(self, load: bool) -> bool:
+        """Adopt the newest committed state; loads only segments not held yet."""
+        for attempt in range(5):
+            state = self._read_consistent_state()
+            if state is None or (state.version == self.version and self._synced):
+                if self._writable and attempt == 0:
+                    self._remove_stale_files()
+                return False
+            try:
+                loaded = self._load_new(state) if load else {}
+            except FileNotFoundError:  # a compaction removed a file between read and load
+                continue
+            with self._lock:
+                keep = {sid: seg for sid, seg in self._loaded.items() if sid in state.segments}
+                keep.update(loaded)
+                for sid, seg in keep.items():
+                    dead = state.dead.get(sid, np.zeros(0, np.int64))
+                    if not np.array_equal(seg.dead, np.unique(dead)):
+                        seg.set_dead(dead)
+                self._loaded = keep
+                self._segment_rows = state.segments
+                self._dead = state.dead
+                self.version = state.version
+                self._synced = True
+            if self._writable:
+                self._remove_stale_files()
+            return True
+        raise RuntimeError(f"cannot load the segments of {self.index_dir}")
+
+    def _load_new(self, state: _State) -> dict[int, LoadedSegment]:
+        out: dict[int, LoadedSegment] = {}
+        for sid, row in state.segments.items():
+            if sid not in self._loaded:
+                out[sid] = self._load_segment(row, state.dead.get(sid))
+        return out
+
+    def _load_segment(self, row: IndexSegmentRow, dead: np.ndarray | None) -> LoadedSegment:
+        index = read_index_file(self.index_dir / row.filename, mmap=self.mmap)
+        set_search_defaults(index)
+        if self.dim == 0:
+            self.dim = int(index.d)
+        ids = np.sort(index_ids(index))
+        seg = LoadedSegment(row.id, row.first_version, row.last_version, index, ids)
+        if dead is not None:
+            seg.set_dead(dead)
+        return seg
+
+    def _ensure_loaded(self) -> list[LoadedSegment]:
+        """Every live segment in memory (a writer loads them on its first search)."""
+        with self._lock:
+            missing = [row for sid, row in self._segment_rows.items() if sid not in self._loaded]
+            for row in missing:
+                self._loaded[row.id] = self._load_segment(row, self._dead.get(row.id))
+            return [self._loaded[sid] for sid in self._segment_rows]
+
     # ---------------------------------------------------------------- reading
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        """Live vectors: stored in segments and not removed."""
+        rows, dead = self._segment_rows, self._dead
+        return int(sum(r.ntotal for r in rows.values()) - sum(len(d) for d in dead.values()))
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segment_rows)
 
     @staticmethod
-    def filename(version: int) -> str:
-        return f"index-v{version:08d}.faiss"
+    def filename(segment_id: int) -> str:
+        return segment_filename(segment_id)
+
+    def ids(self) -> np.ndarray:
+        """Every live id, sorted (with repeats if, wrongly, two segments held one id)."""
+        segments = self._ensure_loaded()
+        parts = [seg.ids[~np.isin(seg.ids, seg.dead)] for seg in segments]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def reconstruct(self, image_id: int) -> np.ndarray | None:
+        """The stored vector of a live id, or None (unknown, removed, or not reconstructible)."""
+        for seg in self._ensure_loaded():
+            if seg.holds(image_id):
+                try:
+                    return np.asarray(seg.index.reconstruct(int(image_id)), dtype=np.float32)
+                except RuntimeError:
+                    return None
+        return None
 
     def search(
         self, vectors: np.ndarray, k: int, selector: faiss.IDSelector | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query row; ids of -1 pad when fewer than k exist.
+        """Top-k (scores, ids) per query row over every segment; -1 ids pad a short result.
 
-        With `selector`, only ids it accepts are ranked (FAISS's filtered search).
+        `selector` (optional) restricts the ids considered, on top of the removed ones.
         """
+        segments = self._ensure_loaded()
         queries = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
-        with self._lock:
-            if self.index.ntotal == 0:
-                empty = np.zeros((len(queries), 0))
-                return empty.astype(np.float32), empty.astype(np.int64)
-            k = min(k, self.index.ntotal)
-            if selector is None:
-                return self.index.search(queries, k)
-            return self.index.search(queries, k, params=_search_params(self.index, selector))
+        live = sum(seg.live for seg in segments)
+        if live == 0:
+            empty = np.zeros((len(queries), 0))
+            return empty.astype(np.float32), empty.astype(np.int64)
+        k = min(k, live)
+        parts = [seg.search(queries, k, selector) for seg in segments if seg.live > 0]
+        return merge_topk(parts, len(queries), k)
 
     def reload_if_changed(self) -> bool:
-        """Load a newer committed version written by another process; True if it did."""
-        with self.sessions() as session:
-            latest = session.scalar(
-                select(func.max(IndexVersionRow.version)).where(IndexVersionRow.committed.is_(True))
-            )
-        if latest is None or latest == self.version:
-            return False
-        index = faiss.read_index(str(self.index_dir / self.filename(latest)))
-        _set_search_defaults(index)
-        with self._lock:
-            self.index, self.version = index, latest
-        return True
+        """Adopt a newer committed version written by another process; True if it did.
+
+        Only segments this process does not hold yet are read from disk.
+        """
+        return self._refresh(load=True)
 
     # ---------------------------------------------------------------- writing
-    def _write_version(self, index: faiss.Index, version: int) -> None:
-        final = self.index_dir / self.filename(version)
-        tmp = final.with_name(final.name + ".tmp")
-        faiss.write_index(index, str(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.index_dir)
+    def _empty_segment(self) -> faiss.Index:
+        """A new, empty segment index (a copy of the template the first segment was made from)."""
+        if self._template is not None:
+            return faiss.clone_index(self._template)
+        if not self._segment_rows:
+            fresh = new_faiss_index(self.dim, self.factory)
+            if not fresh.is_trained:
+                raise IndexTrainingError(f"FAISS index {self.factory!r} must be trained first")
+            return fresh
+        smallest = min(self._segment_rows.values(), key=lambda r: r.ntotal)
+        template = read_index_file(self.index_dir / smallest.filename)
+        template.reset()  # keeps the trained quantizer, drops vectors and ids
+        self.dim = int(template.d)
+        self._template = template
+        return faiss.clone_index(template)
 
     def needs_training(self) -> bool:
-        return not self.index.is_trained
+        if self._template is not None or self._segment_rows:
+            return False
+        return not new_faiss_index(self.dim, self.factory).is_trained
 
     def train(self, vectors: np.ndarray) -> None:
         """Train an approximate index (IVF, PQ) on a sample of descriptors."""
         sample = np.ascontiguousarray(vectors, dtype=np.float32)
+        index = new_faiss_index(self.dim, self.factory)
         try:
-            self.index.train(sample)
+            index.train(sample)
         except RuntimeError as exc:
             raise IndexTrainingError(
                 f"FAISS index {self.factory!r} could not be trained on {len(sample)} vectors "
                 f"({exc}). Index more images at once or choose a smaller factory "
                 "(Flat or HNSW32 need no training)."
             ) from None
+        self._template = index
+
+    def _next_segment_id(self, session: Session) -> int:
+        return int(session.scalar(select(func.max(IndexSegmentRow.id))) or 0) + 1
 
     def add(self, rows: Sequence[ImageRow], vectors: np.ndarray) -> list[int]:
-        """Insert rows and their vectors as one new committed version; returns their ids."""
+        """Insert rows and their vectors as one new segment and committed version; their ids."""
         if len(rows) != len(vectors):
             raise ValueError("one vector per row")
         if not rows:
@@ -283,80 +453,184 @@ class IndexStore:
                 session.add_all(rows)
                 session.flush()
                 ids = [row.id for row in rows]
+                segment_id = self._next_segment_id(session)
             try:
-                # 2. vectors in the index, new file on disk
-                self.index.add_with_ids(
+                # 2. only the new vectors, in a new segment file
+                index = self._empty_segment()
+                index.add_with_ids(
                     np.ascontiguousarray(vectors, dtype=np.float32),
                     np.asarray(ids, dtype=np.int64),
                 )
-                self._write_version(self.index, next_version)
-                # 3. the commit point
-                self._commit_version(next_version)
+                seg_row = IndexSegmentRow(
+                    id=segment_id,
+                    filename=segment_filename(segment_id),
+                    first_version=next_version,
+                    last_version=next_version,
+                    ntotal=len(ids),
+                    created_version=next_version,
+                )
+                self.bytes_written += write_index_file(index, self.index_dir / seg_row.filename)
+                # 3. the commit point: the segment and the version in one transaction
+                with self.sessions.begin() as session:
+                    session.add(seg_row)
+                    self._insert_version(session, next_version, self.ntotal + len(ids), seg_row)
             except BaseException:
                 self._rollback()
                 raise
+            self.version = next_version
+            self._segment_rows = {**self._segment_rows, segment_id: seg_row}
+            if self._loaded or not self._writable:
+                set_search_defaults(index)
+                seg = LoadedSegment(
+                    segment_id, next_version, next_version, index, np.sort(np.asarray(ids))
+                )
+                self._loaded = {**self._loaded, segment_id: seg}
+            if self.auto_compact:
+                self.compact()
             return ids
 
     def _rollback(self) -> None:
-        """After a failed write: back to the last committed file and rows."""
-        if self.version > 0:
-            self.index = faiss.read_index(str(self.index_dir / self.filename(self.version)))
-            _set_search_defaults(self.index)
-        else:
-            trained = self.index
-            trained.reset()
-            self.index = trained
+        """After a failed write: back to the last committed rows, records and files."""
         self._reconcile()
+        self._remove_stale_files()
 
     def remove(self, ids: Sequence[int]) -> int:
-        """Delete ids from index and DB together (a new committed version); returns the count."""
-        wanted = np.asarray(sorted(set(ids)), dtype=np.int64)
-        if wanted.size == 0:
+        """Delete ids from the DB and tombstone them in their segments (one version); the count."""
+        wanted = sorted({int(i) for i in ids})
+        if not wanted:
             return 0
         with self._lock:
-            index = self._without(wanted)
-            removed = self.index.ntotal - index.ntotal
             next_version = self.version + 1
-            self._write_version(index, next_version)
+            spans = sorted(
+                (row.first_version, row.last_version, sid)
+                for sid, row in self._segment_rows.items()
+            )
+            firsts = np.asarray([s[0] for s in spans], np.int64)
+            new_dead: dict[int, list[int]] = {}
             with self.sessions.begin() as session:
-                session.execute(delete(ImageRow).where(ImageRow.id.in_(wanted.tolist())))
-                self._insert_version(session, next_version, index.ntotal)
-            self.index = index
+                for chunk in _chunks(wanted):
+                    found = session.execute(
+                        select(ImageRow.id, ImageRow.index_version).where(
+                            ImageRow.id.in_(chunk), ImageRow.index_version <= self.version
+                        )
+                    ).all()
+                    for image_id, version in found:
+                        pos = int(np.searchsorted(firsts, version, side="right")) - 1
+                        if pos < 0 or spans[pos][1] < version:
+                            raise RuntimeError(f"image {image_id} is in no segment of the index")
+                        new_dead.setdefault(spans[pos][2], []).append(int(image_id))
+                    session.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
+                session.add_all(
+                    TombstoneRow(segment_id=sid, image_id=i, version=next_version)
+                    for sid, members in new_dead.items()
+                    for i in members
+                )
+                removed = sum(len(v) for v in new_dead.values())
+                self._insert_version(session, next_version, self.ntotal - removed, None)
+            dead = dict(self._dead)
+            for sid, members in new_dead.items():
+                merged = np.union1d(dead.get(sid, np.zeros(0, np.int64)), members)
+                dead[sid] = merged
+                if sid in self._loaded:
+                    self._loaded[sid].set_dead(merged)
+            self._dead = dead
             self.version = next_version
-            self._remove_stale_files()
-            return int(removed)
+            if self.auto_compact:
+                self.compact()
+            return removed
 
-    def _without(self, ids: np.ndarray) -> faiss.Index:
-        """A copy of the index without `ids`; rebuilt when the index type cannot remove."""
-        copy = faiss.deserialize_index(faiss.serialize_index(self.index))
+    # ---------------------------------------------------------------- compaction
+    def _stats(self) -> list[SegmentStat]:
+        return [
+            SegmentStat(sid, row.first_version, row.ntotal, len(self._dead.get(sid, ())))
+            for sid, row in self._segment_rows.items()
+        ]
+
+    def compact(self, full: bool = False) -> int:
+        """Merge segments by the policy (or all that fit, with `full`); each merge is a commit.
+
+        A crash loses at most the merge in progress; the next call redoes it. Returns merges.
+        """
+        merges = 0
+        with self._lock:
+            while True:
+                plan = (plan_full if full else plan_merge)(self._stats(), self.policy)
+                if plan is None:
+                    return merges
+                self._merge(plan)
+                merges += 1
+
+    def _merge(self, segment_ids: list[int]) -> None:
+        rows = sorted((self._segment_rows[s] for s in segment_ids), key=lambda r: r.first_version)
+        next_version = self.version + 1
+        with self.sessions() as session:
+            new_id = self._next_segment_id(session)
+        template = self._empty_segment()
+        parts = [
+            (
+                read_index_file(self.index_dir / row.filename),  # fresh: the merge consumes it
+                self._dead.get(row.id, np.zeros(0, np.int64)),
+            )
+            for row in rows
+        ]
+        merged = merge_segments(template, parts)
+        del parts
+        seg_row = None
+        if merged.ntotal > 0:  # a segment whose vectors were all removed just goes
+            seg_row = IndexSegmentRow(
+                id=new_id,
+                filename=segment_filename(new_id),
+                first_version=rows[0].first_version,
+                last_version=rows[-1].last_version,
+                ntotal=int(merged.ntotal),
+                created_version=next_version,
+            )
         try:
-            copy.remove_ids(faiss.IDSelectorBatch(ids.size, faiss.swig_ptr(ids)))
-            return copy
-        except RuntimeError:  # e.g. HNSW: rebuild from the stored vectors
-            keep_ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)  # type: ignore[attr-defined]
-            mask = ~np.isin(keep_ids, ids)
-            rows = [self.index.reconstruct(int(i)) for i in keep_ids[mask]]
-            vectors = np.vstack(rows) if rows else np.zeros((0, self.dim), np.float32)
-            rebuilt = new_faiss_index(self.dim, self.factory)
-            if not rebuilt.is_trained:
-                rebuilt.train(vectors)
-            rebuilt.add_with_ids(vectors, keep_ids[mask])
-            return rebuilt
+            if seg_row is not None:
+                self.bytes_written += write_index_file(merged, self.index_dir / seg_row.filename)
+            with self.sessions.begin() as session:
+                if seg_row is not None:
+                    session.add(seg_row)
+                session.execute(
+                    update(IndexSegmentRow)
+                    .where(IndexSegmentRow.id.in_(segment_ids))
+                    .values(dropped_version=next_version)
+                )
+                session.execute(
+                    delete(TombstoneRow).where(TombstoneRow.segment_id.in_(segment_ids))
+                )
+                self._insert_version(session, next_version, self.ntotal, seg_row)
+        except BaseException:
+            self._rollback()
+            raise
+        with self._lock:
+            segment_rows = {k: v for k, v in self._segment_rows.items() if k not in segment_ids}
+            loaded = {k: v for k, v in self._loaded.items() if k not in segment_ids}
+            if seg_row is not None:
+                segment_rows[new_id] = seg_row
+                if self._loaded or not self._writable:
+                    set_search_defaults(merged)
+                    loaded[new_id] = LoadedSegment(
+                        new_id, seg_row.first_version, seg_row.last_version, merged,
+                        np.sort(index_ids(merged)),
+                    )  # fmt: skip
+            order = sorted(segment_rows.items(), key=lambda kv: kv[1].first_version)
+            self._segment_rows = dict(order)
+            self._loaded = loaded
+            self._dead = {k: v for k, v in self._dead.items() if k not in segment_ids}
+            self.version = next_version
+        self._remove_stale_files()
 
-    def _insert_version(self, session: object, version: int, ntotal: int) -> None:
-        session.add(  # type: ignore[attr-defined]
+    def _insert_version(
+        self, session: Session, version: int, ntotal: int, segment: IndexSegmentRow | None
+    ) -> None:
+        session.add(
             IndexVersionRow(
                 version=version,
-                filename=self.filename(version),
+                filename=segment.filename if segment is not None else "",
                 model_fingerprint=self.fingerprint,
                 factory=self.factory,
                 ntotal=ntotal,
                 committed=True,
             )
         )
-
-    def _commit_version(self, version: int) -> None:
-        with self.sessions.begin() as session:
-            self._insert_version(session, version, self.index.ntotal)
-        self.version = version
-        self._remove_stale_files()

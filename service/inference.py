@@ -403,11 +403,7 @@ class InferenceCore:
     def _stored_vector(self, image_id: int) -> np.ndarray | None:
         self.image_row(image_id)
         _, store, _ = self._ready_search()
-        index = store.index
-        try:
-            return np.asarray(index.reconstruct(int(image_id)), dtype=np.float32)
-        except RuntimeError:
-            return None
+        return store.reconstruct(image_id)
 
     def _indexed_image(self, image_id: int) -> Image.Image:
         row = self.image_row(image_id)

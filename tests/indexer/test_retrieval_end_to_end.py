@@ -35,7 +35,7 @@ def db_ids_and_index_ids(index_dir: Path, url: str) -> tuple[list[int], list[int
     with make_sessionmaker(engine)() as session:
         db_ids = sorted(session.scalars(select(ImageRow.id)))
     store = IndexStore.open(index_dir, engine)
-    index_ids = sorted(faiss.vector_to_array(store.index.id_map).tolist())
+    index_ids = store.ids().tolist()
     engine.dispose()
     return db_ids, index_ids
 
@@ -228,7 +228,8 @@ def test_store_agrees_with_db_on_both_databases(
     assert summary.added == 10 and summary.index_version >= 3
     db_ids, index_ids = db_ids_and_index_ids(index_dir, db_url)
     assert db_ids == index_ids and len(db_ids) == 10
-    assert len(list(index_dir.glob("index-v*.faiss"))) == 1  # old versions cleaned up
+    files = sorted(p.name for p in index_dir.glob("segment-*"))
+    assert len(files) == 3 and all(f.endswith(".faiss") for f in files)  # one per commit
 
 
 def test_failed_index_write_rolls_back(

@@ -32,7 +32,7 @@ def test_db_upgrade_from_empty(db_url: str) -> None:
     assert {"images", "index_versions", "jobs", "alembic_version"} <= tables
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == (
-            "0003_geo"  # the newest migration
+            "0004_segments"  # the newest migration
         )
     columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
     assert {"status", "progress", "attempts", "lease_expires_at", "error", "results"} <= columns

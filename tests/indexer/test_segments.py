@@ -1,0 +1,305 @@
+"""The segmented index: commits write only new vectors, search equals one index, tombstones hide."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from indexer.compaction import MergePolicy
+from indexer.db import (
+    ImageRow,
+    IndexSegmentRow,
+    IndexVersionRow,
+    TombstoneRow,
+    make_engine,
+    make_sessionmaker,
+    upgrade_db,
+)
+from indexer.store import IndexStore, new_faiss_index
+
+DIM = 48
+
+
+def unit_vectors(n: int, seed: int, dim: int = DIM) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def rows(n: int, start: int) -> list[ImageRow]:
+    return [
+        ImageRow(source="s", path=f"p{start + i}", content_hash="-", width=1, height=1)
+        for i in range(n)
+    ]
+
+
+class Archive:
+    """A writable store plus the ground truth of what it should hold."""
+
+    def __init__(self, tmp_path: Path, url: str, factory: str = "Flat") -> None:
+        upgrade_db(url)
+        self.url = url
+        self.dir = tmp_path / "idx"
+        self.engine = make_engine(url)
+        self.store = IndexStore.open(self.dir, self.engine, "fp", DIM, factory, writable=True)
+        self.vectors: dict[int, np.ndarray] = {}
+        self.added = 0
+
+    def add(self, n: int) -> list[int]:
+        vectors = unit_vectors(n, seed=self.added)
+        ids = self.store.add(rows(n, self.added), vectors)
+        self.added += n
+        self.vectors.update(zip(ids, vectors, strict=True))
+        return ids
+
+    def remove(self, ids: list[int]) -> int:
+        for i in ids:
+            self.vectors.pop(i, None)
+        return self.store.remove(ids)
+
+    def exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(sorted(self.vectors), np.int64)
+        flat = new_faiss_index(DIM, "Flat")
+        flat.add_with_ids(np.stack([self.vectors[i] for i in ids]), ids)
+        return flat.search(queries, k)
+
+    def db_ids(self) -> list[int]:
+        with make_sessionmaker(self.engine)() as session:
+            return sorted(session.scalars(select(ImageRow.id)))
+
+    def close(self) -> None:
+        self.store.close()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def archive(db_url: str, tmp_path: Path):
+    arch = Archive(tmp_path, db_url)
+    yield arch
+    arch.close()
+
+
+def assert_same_as_one_index(store: IndexStore, arch: Archive, k: int = 10) -> None:
+    queries = unit_vectors(20, seed=10_000)
+    scores, ids = store.search(queries, k)
+    ref_scores, ref_ids = arch.exact(queries, k)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+def test_segments_search_exactly_like_one_index(archive: Archive) -> None:
+    archive.store.auto_compact = False
+    for n in (40, 1, 75, 33, 64, 5):
+        archive.add(n)
+    store = archive.store
+    assert store.segment_count == 6 and store.ntotal == 218
+    assert_same_as_one_index(store, archive)
+    assert_same_as_one_index(store, archive, k=218)  # the whole ranking, not only the head
+    assert store.ids().tolist() == archive.db_ids()
+
+
+def test_each_commit_writes_one_file_of_only_its_vectors(tmp_path: Path) -> None:
+    arch = Archive(tmp_path, f"sqlite:///{tmp_path / 'm.db'}")
+    arch.store.auto_compact = False
+    sizes, first_stat = [], None
+    for _ in range(5):
+        before = arch.store.bytes_written
+        arch.add(200)
+        sizes.append(arch.store.bytes_written - before)
+        files = sorted(arch.dir.glob("segment-*.faiss"))
+        if first_stat is None:
+            first_stat = files[0].stat()
+    assert len(files) == 5
+    assert max(sizes) == min(sizes)  # the fifth commit costs what the first did
+    assert sizes[0] < 200 * DIM * 4 * 1.2  # its own vectors (+ ids), not the archive's
+    again = files[0].stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first_stat.st_ino, first_stat.st_mtime_ns)
+    arch.close()
+
+
+def test_removed_ids_are_never_returned_and_compaction_reclaims_them(archive: Archive) -> None:
+    archive.store.auto_compact = False
+    for _ in range(8):
+        archive.add(50)
+    rng = np.random.default_rng(1)
+    removed = rng.choice(sorted(archive.vectors), size=40, replace=False).tolist()  # 10 %
+    assert archive.remove(removed) == 40
+    assert archive.db_ids() == sorted(archive.vectors)
+    store = archive.store
+    assert store.ntotal == 360
+
+    def never_returned() -> None:
+        _, ids = store.search(unit_vectors(30, seed=5), store.ntotal + 50)
+        assert not set(ids.ravel().tolist()) & set(removed)
+        assert set(ids[0].tolist()) - {-1} == set(archive.vectors)
+
+    never_returned()
+    assert_same_as_one_index(store, archive)
+    with make_sessionmaker(archive.engine)() as session:
+        assert session.scalar(select(func.count()).select_from(TombstoneRow)) == 40
+    assert store.compact(full=True) >= 1
+    assert store.segment_count == 1
+    with make_sessionmaker(archive.engine)() as session:
+        assert session.scalar(select(func.count()).select_from(TombstoneRow)) == 0
+    never_returned()
+    assert_same_as_one_index(store, archive)
+    assert len(list(archive.dir.glob("segment-*"))) == 1  # merged files are deleted
+    reader = IndexStore.open(archive.dir, archive.engine)
+    assert reader.ids().tolist() == archive.db_ids()
+    assert_same_as_one_index(reader, archive)
+
+
+def test_tier_policy_keeps_segments_few_and_results_exact(archive: Archive) -> None:
+    archive.store.policy = MergePolicy(factor=3, unit=20)
+    for _ in range(14):
+        archive.add(20)
+    # 14 commits in base 3 = 112: one 180, one 60, two 20
+    with make_sessionmaker(archive.engine)() as session:
+        live = session.scalars(
+            select(IndexSegmentRow.ntotal).where(IndexSegmentRow.dropped_version.is_(None))
+        ).all()
+    assert sorted(live) == [20, 20, 60, 180]
+    assert archive.store.segment_count == 4
+    assert_same_as_one_index(archive.store, archive)
+    assert archive.store.ids().tolist() == archive.db_ids()
+
+
+def test_reader_loads_only_the_new_segments(archive: Archive) -> None:
+    archive.store.auto_compact = False
+    archive.add(30)
+    archive.add(30)
+    reader = IndexStore.open(archive.dir, archive.engine)
+    held = dict(reader._loaded)
+    assert not reader.reload_if_changed()
+    new_ids = archive.add(25)
+    assert reader.reload_if_changed()
+    assert reader.ntotal == 85 and reader.version == archive.store.version
+    for sid, seg in held.items():
+        assert reader._loaded[sid] is seg  # the old segments were not read again
+    assert_same_as_one_index(reader, archive)
+    gone = [new_ids[0], *list(archive.vectors)[:3]]
+    archive.remove(gone)
+    assert reader.reload_if_changed()
+    _, ids = reader.search(unit_vectors(5, seed=3), 100)
+    assert not set(ids.ravel().tolist()) & set(gone)
+    archive.store.compact(full=True)
+    assert reader.reload_if_changed() and reader.segment_count == 1
+    assert_same_as_one_index(reader, archive)
+
+
+def test_selector_keyword_combines_with_tombstones(archive: Archive) -> None:
+    archive.store.auto_compact = False
+    ids = archive.add(60) + archive.add(60)
+    archive.remove(ids[::4])
+    wanted = np.asarray(ids[::2], dtype=np.int64)  # half of them already removed
+    selector = faiss.IDSelectorBatch(wanted.size, faiss.swig_ptr(wanted))
+    _, got = archive.store.search(unit_vectors(4, seed=9), 200, selector=selector)
+    expected = set(wanted.tolist()) - set(ids[::4])
+    for row in got:
+        assert set(row.tolist()) - {-1} == expected
+
+
+def test_ivf_segments_share_one_training_and_survive_reopen(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    arch = Archive(tmp_path, url, factory="IVF8,Flat")
+    store = arch.store
+    store.auto_compact = False
+    assert store.needs_training()
+    store.train(unit_vectors(400, seed=77))
+    arch.add(100)
+    arch.add(100)
+    store.close()
+    reopened = IndexStore.open(arch.dir, arch.engine, "fp", DIM, writable=True)
+    assert not reopened.needs_training()  # the template comes from a segment
+    arch.store = reopened
+    reopened.auto_compact = False
+    arch.add(100)
+    quantizers = [faiss.extract_index_ivf(seg.index).quantizer for seg in reopened._ensure_loaded()]
+    centroids = [q.reconstruct_n(0, q.ntotal) for q in quantizers]
+    for c in centroids[1:]:
+        np.testing.assert_array_equal(c, centroids[0])
+    assert_same_as_one_index(reopened, arch)  # nprobe = nlist: exact
+    reopened.compact(full=True)
+    assert reopened.segment_count == 1
+    assert_same_as_one_index(reopened, arch)
+    arch.close()
+
+
+def test_legacy_whole_index_file_becomes_a_segment(db_url: str, tmp_path: Path) -> None:
+    """An index written by the one-file-per-version store keeps working after the migration."""
+    upgrade_db(db_url, "0003_geo")  # the schema before segments
+    index_dir = tmp_path / "idx"
+    index_dir.mkdir()
+    engine = make_engine(db_url)
+    vectors = unit_vectors(30, seed=4)
+    with make_sessionmaker(engine).begin() as session:
+        old_rows = rows(30, 0)
+        for row in old_rows:
+            row.index_version, row.model_fingerprint = 2, "fp"
+        session.add_all(old_rows)
+        session.flush()
+        ids = [r.id for r in old_rows]
+        for version in (1, 2):
+            session.add(
+                IndexVersionRow(
+                    version=version, filename=f"index-v{version:08d}.faiss",
+                    model_fingerprint="fp", factory="Flat", ntotal=30, committed=True,
+                )
+            )  # fmt: skip
+    legacy = new_faiss_index(DIM, "Flat")
+    legacy.add_with_ids(vectors, np.asarray(ids, np.int64))
+    faiss.write_index(legacy, str(index_dir / "index-v00000002.faiss"))
+    upgrade_db(db_url)
+    with IndexStore.open(index_dir, engine, "fp", DIM, writable=True) as store:
+        assert store.ntotal == 30 and store.segment_count == 1
+        assert store.remove(ids[:3]) == 3
+        new = store.add(rows(5, 100), unit_vectors(5, seed=8))
+        assert store.ids().tolist() == sorted(ids[3:] + new)
+        _, top = store.search(vectors[5:6], 1)
+        assert top[0, 0] == ids[5]
+    engine.dispose()
+    assert (index_dir / "index-v00000002.faiss").exists()
+
+
+def test_empty_segments_are_dropped_when_everything_is_removed(archive: Archive) -> None:
+    ids = archive.add(10)
+    assert archive.remove(ids) == 10  # purge ratio reached: compaction drops the segment
+    assert archive.store.ntotal == 0 and archive.store.segment_count == 0
+    _, got = archive.store.search(unit_vectors(2, seed=1), 5)
+    assert got.shape == (2, 0)
+    assert not [p for p in os.listdir(archive.dir) if p.startswith("segment-")]
+    archive.store.policy = replace(archive.store.policy, factor=2)
+    archive.add(4)
+    assert archive.store.ids().tolist() == archive.db_ids()
+
+
+@pytest.mark.parametrize("factory", ["IVF4,Flat", "PCA16,IVF4,SQ8", "HNSW8"])
+def test_compaction_keeps_results_of_approximate_indexes(factory: str, tmp_path: Path) -> None:
+    arch = Archive(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", factory=factory)
+    store = arch.store
+    store.auto_compact = False
+    if store.needs_training():
+        store.train(unit_vectors(300, seed=99))
+    ids = arch.add(80) + arch.add(80) + arch.add(80)
+    removed = ids[::12]
+    arch.remove(removed)
+    queries = unit_vectors(25, seed=123)
+    before = store.search(queries, 10)[1]
+    store.compact(full=True)
+    assert store.segment_count == 1 and store.ntotal == 240 - len(removed)
+    assert store.ids().tolist() == arch.db_ids()
+    after = store.search(queries, 10)[1]
+    assert not set(after.ravel().tolist()) & set(removed)
+    if factory.startswith("HNSW"):  # a rebuilt graph: compare both with exact search
+        exact = arch.exact(queries, 10)[1]
+        for got in (before, after):
+            hits = sum(len(set(g) & set(e)) for g, e in zip(got, exact, strict=True))
+            assert hits / exact.size >= 0.95
+    else:  # the same codes, every list probed: the same ranking
+        np.testing.assert_array_equal(before, after)
+    arch.close()
