@@ -164,7 +164,7 @@ class IndexSegmentRow(Base):
     ntotal: Mapped[int] = mapped_column(Integer)
     created_version: Mapped[int] = mapped_column(Integer, index=True)
     dropped_version: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class TombstoneRow(Base):
