@@ -1,4 +1,5 @@
-"""The retrieval embedder of paper 002: ResNet trunk, dual attention, pooling, L2 normalisation."""
+"""The retrieval embedder of Chen et al. (2021): a backbone trunk, dual attention, pooling, L2
+normalisation. Any registered backbone (model/backbones.py) carries it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.attention import DualAttention
-from model.backbones import build_resnet, resnet_trunk, trunk_channels
+from model.backbones import Trunk, create_trunk
 from model.pooling import make_pooling
 
 
@@ -33,12 +34,13 @@ class EmbedderConfig:
 
 
 class Embedder(nn.Module):
-    """Image batch (B x 3 x H x W) -> unit descriptors (B x D); D = 2048 for ResNet-50."""
+    """Image batch (B x 3 x H x W) -> unit descriptors (B x D); D is the trunk's channel count
+    (2048 for ResNet-50, 1280 for EfficientNet-Lite)."""
 
-    def __init__(self, config: EmbedderConfig, trunk: nn.Module, channels: int) -> None:
+    def __init__(self, config: EmbedderConfig, trunk: Trunk, channels: int) -> None:
         super().__init__()
         self.config = config
-        self.trunk = trunk
+        self.trunk: Trunk = trunk
         self.attention: nn.Module = (
             DualAttention(channels, config.attention_reduction)
             if config.attention
@@ -59,5 +61,5 @@ def build_embedder(
     config: EmbedderConfig, pretrained: bool = True, weights_path: Path | None = None
 ) -> tuple[Embedder, str]:
     """A new embedder and its initialisation ('imagenet:<file>' or 'random')."""
-    net, init = build_resnet(config.backbone, pretrained=pretrained, weights_path=weights_path)
-    return Embedder(config, resnet_trunk(net), trunk_channels(net)), init
+    trunk, init = create_trunk(config.backbone, pretrained=pretrained, weights_path=weights_path)
+    return Embedder(config, trunk, trunk.channels), init

@@ -1,4 +1,5 @@
-"""Preprocessing: resize (never assume 256 x 256), tensor, ImageNet normalisation; augmentation."""
+"""Preprocessing: resize (never assume 256 x 256), tensor, the backbone's normalisation;
+augmentation."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from model.backbones import IMAGENET_MEAN, IMAGENET_STD, get_backbone
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,13 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def for_backbone(cls, backbone: str, image_size: int | None = None) -> Preprocessing:
+        """The mean and std the backbone's weights were trained with; its native size unless
+        another is asked for."""
+        spec = get_backbone(backbone)
+        return cls(image_size or spec.native_size, spec.mean, spec.std)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
@@ -39,11 +46,19 @@ class Preprocessing:
             ]
         )
 
-    def train_transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        """Flips and right-angle rotations: overhead scenes have no canonical orientation."""
+    def train_transform(self, min_scale: float = 1.0) -> Callable[[Image.Image], torch.Tensor]:
+        """Flips and right-angle rotations (overhead scenes have no canonical orientation) and,
+        when `min_scale` < 1, a random crop of that fraction of the area or more (scale: the
+        same ground seen at another resolution)."""
+        size = (self.image_size, self.image_size)
+        resize: Any = (
+            T.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(3 / 4, 4 / 3), antialias=True)
+            if min_scale < 1.0
+            else T.Resize(size, antialias=True)
+        )
         return T.Compose(
             [
-                T.Resize((self.image_size, self.image_size), antialias=True),
+                resize,
                 T.RandomHorizontalFlip(),
                 T.RandomVerticalFlip(),
                 T.RandomChoice([T.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
