@@ -262,7 +262,7 @@ def test_bbox_search_equals_brute_force(geo_index: Path, tmp_path: Path) -> None
     engine = searcher.store.engine
     with make_sessionmaker(engine)() as session:
         rows = list(session.scalars(select(ImageRow)))
-    vectors = {r.id: searcher.store.index.reconstruct(r.id) for r in rows}
+    vectors = {r.id: searcher.store.reconstruct(r.id) for r in rows}
     with rasterio.open(LANDSAT) as src:
         pixels = src.read(window=Window(300, 200, 256, 256))
     query = searcher.model.embed_images([Image.fromarray(np.moveaxis(pixels, 0, -1))])
