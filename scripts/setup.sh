@@ -18,3 +18,16 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
     2> >(grep -v "is neither a file nor a directory" >&2)
   touch "$stamp"
 fi
+
+# The web page's map library (Leaflet), from the npm registry into service/vendor/node_modules
+# (git-ignored; served by service/web.py), pinned by service/vendor/package-lock.json.
+vendor=service/vendor
+if [[ ! -f "$vendor/node_modules/.installed" || "$vendor/package-lock.json" -nt "$vendor/node_modules/.installed" ]]; then
+  if command -v npm >/dev/null; then
+    echo "installing the web page's map library (npm ci in $vendor)"
+    npm ci --prefix "$vendor" --omit=dev --no-audit --no-fund --loglevel=error
+    touch "$vendor/node_modules/.installed"
+  else
+    echo "npm not found: the web page will show no map (install Node.js, then rerun this script)" >&2
+  fi
+fi

@@ -19,6 +19,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATES_DIR = PACKAGE_DIR / "templates"
 STATIC_DIR = PACKAGE_DIR / "static"
 STATIC_PREFIX = "/ui/static"
+# Leaflet (the map), installed from the npm registry by scripts/setup.sh (`npm ci` in
+# service/vendor, git-ignored node_modules/) and the same way in the Docker image.
+LEAFLET_DIR = PACKAGE_DIR / "vendor" / "node_modules" / "leaflet" / "dist"
+LEAFLET_PREFIX = "/ui/vendor/leaflet"
 
 # Only these suffixes are served, each with its type; anything else in static/ stays private.
 _STATIC_TYPES: dict[str, str] = {
@@ -38,6 +42,23 @@ def _templates() -> Jinja2Templates:
 
 
 @lru_cache(maxsize=1)
+def _leaflet_files() -> dict[str, Path]:
+    """Relative name -> path of Leaflet's servable files (script, CSS, images): a whitelist."""
+    if not LEAFLET_DIR.is_dir():
+        return {}
+    return {
+        p.relative_to(LEAFLET_DIR).as_posix(): p
+        for p in LEAFLET_DIR.rglob("*")
+        if p.is_file() and p.suffix in _STATIC_TYPES and not p.name.startswith("leaflet-src")
+    }
+
+
+def leaflet_available() -> bool:
+    """Whether the set-up script installed Leaflet (else the page shows no map, and says so)."""
+    return {"leaflet.js", "leaflet.css"} <= set(_leaflet_files())
+
+
+@lru_cache(maxsize=1)
 def _static_files() -> dict[str, Path]:
     """Name -> path of every servable static file: a whitelist, so no path is ever joined."""
     return {p.name: p for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in _STATIC_TYPES}
@@ -46,7 +67,13 @@ def _static_files() -> dict[str, Path]:
 def _page(request: Request, template: str, title: str, active: str) -> HTMLResponse:
     """Render one page; `base` is the app's mount prefix so links work behind a proxy."""
     base = str(request.scope.get("root_path", "")).rstrip("/")
-    context = {"title": title, "active": active, "base": base, "static": base + STATIC_PREFIX}
+    context = {
+        "title": title,
+        "active": active,
+        "base": base,
+        "static": base + STATIC_PREFIX,
+        "leaflet": base + LEAFLET_PREFIX if leaflet_available() else None,
+    }
     return _templates().TemplateResponse(request, template, context)
 
 
@@ -72,4 +99,17 @@ def static_file(name: str) -> FileResponse:
         path,
         media_type=_STATIC_TYPES[path.suffix],
         headers={"Cache-Control": "no-cache"},
+    )
+
+
+@router.get(LEAFLET_PREFIX + "/{name:path}", include_in_schema=False)
+def leaflet_file(name: str) -> FileResponse:
+    """Leaflet's script, CSS and marker/layer images (whitelisted names only)."""
+    path = _leaflet_files().get(name)
+    if path is None:
+        raise HTTPException(status_code=404, detail=f"no Leaflet file {name!r}")
+    return FileResponse(
+        path,
+        media_type=_STATIC_TYPES[path.suffix],
+        headers={"Cache-Control": "public, max-age=86400"},
     )

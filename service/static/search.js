@@ -89,6 +89,15 @@
   }
   loadLabelOptions();
 
+  // The map: a drawn rectangle re-runs the search inside it; a highlighted footprint marks
+  // its card.
+  rsirMap.onArea(() => search());
+  rsirMap.onHighlight((id) => {
+    for (const node of results.querySelectorAll(".hit")) {
+      node.classList.toggle("highlighted", node.dataset.id === String(id));
+    }
+  });
+
   explainInput.addEventListener("change", () => {
     if (explainInput.checked) explain();
     else heatmapBox.hidden = true;
@@ -110,6 +119,7 @@
     data.append("k", String(clampK()));
     const label = labelInput.value.trim();
     if (label) data.append("label", label);
+    if (rsirMap.area) data.append("bbox", rsirMap.area);
     button.disabled = true;
     status.textContent = "Searching…";
     document.body.classList.add("busy");
@@ -124,6 +134,7 @@
     } catch (err) {
       if (seq !== searchSeq) return;
       results.replaceChildren();
+      rsirMap.showHits([]);
       resultsTitle.hidden = true;
       status.textContent = "Search failed.";
       rsirShowError(err.message);
@@ -146,6 +157,19 @@
       img.alt = `${hit.label || "image"} ${hit.id}`;
       img.addEventListener("error", () => node.classList.add("broken"));
       node.dataset.id = String(hit.id);
+      node.addEventListener("click", (event) => {
+        if (event.target.closest(".hit-link")) return; // the thumbnail opens the file
+        rsirMap.highlight(hit.id);
+      });
+      if (hit.bbox) {
+        const place = document.createElement("div");
+        place.className = "hit-place";
+        const lat = (hit.bbox[1] + hit.bbox[3]) / 2;
+        const lon = (hit.bbox[0] + hit.bbox[2]) / 2;
+        place.textContent = `${lat.toFixed(5)}, ${lon.toFixed(5)}`;
+        place.title = `${hit.crs || ""} window ${(hit.window || []).join(", ")}`;
+        node.appendChild(place);
+      }
       node.querySelector(".rank").textContent = `#${i + 1}`;
       const labelNode = node.querySelector(".label");
       labelNode.textContent = hit.label || "—";
@@ -157,6 +181,7 @@
       return node;
     });
     results.replaceChildren(...items);
+    rsirMap.showHits(hits);
     resultsTitle.hidden = false;
     resultsTitle.textContent = items.length ? "Most similar images" : "No match";
     const fp = body.model_fingerprint ? ` · model ${String(body.model_fingerprint).slice(0, 12)}` : "";
