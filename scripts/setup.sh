@@ -25,8 +25,11 @@ vendor=service/vendor
 if [[ ! -f "$vendor/node_modules/.installed" || "$vendor/package-lock.json" -nt "$vendor/node_modules/.installed" ]]; then
   if command -v npm >/dev/null; then
     echo "installing the web page's map library (npm ci in $vendor)"
-    npm ci --prefix "$vendor" --omit=dev --no-audit --no-fund --loglevel=error
-    touch "$vendor/node_modules/.installed"
+    if npm ci --prefix "$vendor" --omit=dev --no-audit --no-fund --loglevel=error; then
+      touch "$vendor/node_modules/.installed"
+    else
+      echo "npm ci failed: the web page will show no map until this script succeeds" >&2
+    fi
   else
     echo "npm not found: the web page will show no map (install Node.js, then rerun this script)" >&2
   fi
