@@ -89,9 +89,14 @@ class _EntryDataset(Dataset[_Decoded]):
     def __getitem__(self, index: int) -> _Decoded:
         entry = self.entries[index]
         try:
-            data = self.reader.read(entry.path)
-            digest = hashlib.sha256(data).hexdigest()
-            image = decode_image(data, self.max_pixels)
+            scene_tile = self.reader.scene_image(entry.path)
+            if scene_tile is not None:  # a scene's tile: its pixels, no PNG round trip
+                image = scene_tile
+                digest = hashlib.sha256(image.tobytes()).hexdigest()
+            else:
+                data = self.reader.read(entry.path)
+                digest = hashlib.sha256(data).hexdigest()
+                image = decode_image(data, self.max_pixels)
             tensor = self.transform(image)
             geo = self.reader.geo_columns(entry.path)
             return _Decoded(entry, tensor, digest, image.width, image.height, None, geo=geo)

@@ -292,17 +292,19 @@ def read_window(
 
 
 def render_tile(
-    dataset: DatasetReader, spec: TileSpec, stretch: Stretch | None, options: TileOptions
+    dataset: DatasetReader, spec: TileSpec, stretch: Stretch | None, options: TileOptions | None
 ) -> Image.Image:
-    """A tile as RGB, or TileSkipped when it is mostly nodata or blank."""
+    """A tile as RGB; with `options` (indexing), TileSkipped when mostly nodata or blank."""
     bands = resolve_bands(dataset, spec.bands)
     pixels, invalid = read_window(dataset, spec.window, (spec.out, spec.out), bands, stretch)
-    nodata = float(invalid.mean())
-    if nodata > options.max_nodata:
-        raise TileSkipped("nodata", f"{nodata:.0%} of the tile is nodata")
-    spread = float(pixels.mean(axis=0)[~invalid].std())
-    if spread < options.min_std:
-        raise TileSkipped("blank", f"blank tile (grey levels vary by {spread:.2f})")
+    if options is not None:
+        nodata = float(invalid.mean())
+        if nodata > options.max_nodata:
+            raise TileSkipped("nodata", f"{nodata:.0%} of the tile is nodata")
+        valid = pixels.mean(axis=0)[~invalid]
+        spread = float(valid.std()) if valid.size else 0.0
+        if spread < options.min_std:
+            raise TileSkipped("blank", f"blank tile (grey levels vary by {spread:.2f})")
     return bands_to_rgb(pixels)
 
 
@@ -444,15 +446,17 @@ class SceneTiles:
             self._stretch[bands] = compute_stretch(self.dataset, bands)
         return self._stretch[bands]
 
-    def image(self, name: str) -> Image.Image:
+    def image(self, name: str, skip_empty: bool = True) -> Image.Image:
+        """A tile's pixels; when `skip_empty` (indexing), TileSkipped for nodata/blank tiles."""
         spec = TileSpec.parse(name)
         bands = resolve_bands(self.dataset, spec.bands)
         self._check_inside(spec)
-        return render_tile(self.dataset, spec, self.stretch_for(bands), self.options)
+        options = self.options if skip_empty else None
+        return render_tile(self.dataset, spec, self.stretch_for(bands), options)
 
     def read(self, name: str) -> bytes:
-        """A tile as PNG bytes; TileSkipped for nodata or blank tiles."""
-        return png_bytes(self.image(name))
+        """An indexed tile as PNG bytes (thumbnails, files): never skipped."""
+        return png_bytes(self.image(name, skip_empty=False))
 
     def geo_columns(self, name: str) -> dict[str, Any]:
         return tile_geo_columns(self.dataset, TileSpec.parse(name))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from PIL import Image
+
 from indexer.scenes import SceneTiles, TileOptions, scene_tile_names
 from model.datasets import IMAGE_EXTENSIONS
 
@@ -159,6 +161,10 @@ class SourceReader:
             return handle.read()
         assert self._scene is not None
         return self._scene.read(inner)  # a window of the scene, as PNG (TileSkipped if empty)
+
+    def scene_image(self, inner: str) -> Image.Image | None:
+        """A scene tile as RGB pixels (indexing needs no PNG); None for other sources."""
+        return self._scene.image(inner) if self._scene is not None else None
 
     def geo_columns(self, inner: str) -> dict[str, Any]:
         """A scene tile's pixel window, CRS and footprint (DB columns); nothing for images."""

@@ -82,6 +82,11 @@ class ImageOut(BaseModel):
     thumbnail_url: str
     file_url: str
     similar_url: str
+    scene_id: int | None = None
+    window: list[int] | None = None
+    crs: str | None = None
+    footprint: dict[str, Any] | None = None
+    bbox: list[float] | None = None
 
 
 class PredictionOut(BaseModel):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response, status
 from PIL import Image
 
 from indexer.db import ImageRow, make_sessionmaker
+from indexer.search import hit_from_row
 from model.imageio import ImageDecodeError, decode_image
 from service.deps import ApiKeyDep, BackendDep, RowId, SettingsDep, StateDep
 from service.errors import NotFoundError, ServiceError
@@ -70,7 +71,15 @@ def image_info(request: Request, state: StateDep, image_id: ImageId) -> ImageOut
         thumbnail_url=request.url_for("image_thumbnail", image_id=row.id).path,
         file_url=request.url_for("image_file", image_id=row.id).path,
         similar_url=request.url_for("similar", image_id=row.id).path,
+        **place_fields(row),
     )
+
+
+def place_fields(row: ImageRow) -> dict[str, Any]:
+    """A scene tile's place (scene, window, CRS, footprint, bbox), as its search hits give it."""
+    hit = hit_from_row(row, 0.0)
+    return {"scene_id": hit.scene_id, "window": hit.window, "crs": hit.crs,
+            "footprint": hit.footprint, "bbox": hit.bbox}  # fmt: skip
 
 
 @router.get(

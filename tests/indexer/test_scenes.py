@@ -7,6 +7,7 @@ raw GeoTIFF tags with tifffile (not rasterio) and corners projected with pyproj 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -298,3 +299,14 @@ def test_bbox_search_equals_brute_force(geo_index: Path, tmp_path: Path) -> None
     bad = CliRunner().invoke(cli_app, ["search", str(tile), "--index-dir", str(geo_index),
                                        "--bbox", "1,2"])  # fmt: skip
     assert bad.exit_code == 2 and "bbox" in bad.output
+
+
+def test_reading_an_indexed_tile_back_never_skips_it() -> None:
+    # 52 % nodata: skipped by a default run, indexed by a run with --max-nodata 0.9; its
+    # thumbnail must read either way (reading back applies no skipping).
+    from indexer.sources import SourceReader, read_entry
+
+    reader = SourceReader(LANDSAT, tiles=TileOptions(max_nodata=0.9))
+    assert reader.scene_image("tile_0_0_256.png") is not None
+    png = read_entry(str(LANDSAT), "tile_0_0_256.png")
+    assert Image.open(io.BytesIO(png)).size == (256, 256)

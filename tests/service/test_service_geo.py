@@ -107,6 +107,10 @@ async def test_hits_carry_their_footprint_and_plain_images_none(
     assert first["footprint"] == row.footprint and first["crs"] == "EPSG:3857"
     assert first["window"] == [256, 512, 256, 256] and first["scene_id"] == row.scene_id
     assert first["bbox"] == [row.min_lon, row.min_lat, row.max_lon, row.max_lat]
+    info = (await geo_client.get(f"/images/{first['id']}")).json()
+    assert info["footprint"] == row.footprint and info["window"] == first["window"]
+    thumb = await geo_client.get(first["thumbnail_url"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     plain = [h for h in hits if h["scene_id"] is None]
     assert plain and all(h["footprint"] is None and h["bbox"] is None for h in plain)
 
