@@ -7,7 +7,9 @@ root, since a job row is input too.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from indexer.scenes import TileOptions
 from rsir.settings import Settings
 from service.inference import InferenceCore
 from service.runner import Handler, JobContext, JobOutcome
@@ -17,6 +19,14 @@ from service.security import resolve_inside
 def job_dir(settings: Settings, job_id: int) -> Path:
     """Where a job writes its files (results.json, split.json, plots)."""
     return Path(settings.index_dir) / "jobs" / str(job_id)
+
+
+def tile_options(tiles: dict[str, Any] | None) -> TileOptions | None:
+    """An index job's `tiles` parameters as the indexer's options (SceneError if invalid)."""
+    if not tiles:
+        return None
+    bands = tuple(tiles["bands"]) if tiles.get("bands") else None
+    return TileOptions(**{**tiles, "bands": bands})
 
 
 def make_handlers(settings: Settings, core: InferenceCore) -> dict[str, Handler]:
@@ -62,6 +72,7 @@ def make_handlers(settings: Settings, core: InferenceCore) -> dict[str, Handler]
             num_workers=settings.num_workers,
             device=settings.device,
             max_pixels=settings.max_pixels,
+            tiles=tile_options(params.get("tiles")),
             progress=ctx.report,
         )
         core.refresh_index()

@@ -133,12 +133,27 @@ class EvaluationRequest(BaseModel):
     per_class: int | None = Field(default=None, ge=1, description="Cap images per class.")
 
 
+class SceneTiling(BaseModel):
+    """How a GeoTIFF scene is cut into tiles (`rsir index --tile-size ...`)."""
+
+    tile_size: int = Field(default=256, ge=8, le=4096, description="Tile side, output pixels.")
+    stride: int | None = Field(default=None, ge=1, description="Source pixels between tiles.")
+    resolution: float | None = Field(
+        default=None, gt=0, description="Ground size of a tile pixel (scene CRS units)."
+    )
+    bands: list[int] | None = Field(
+        default=None, min_length=1, max_length=3, description="1 or 3 band numbers, e.g. [4,3,2]."
+    )
+    max_nodata: float = Field(default=0.5, ge=0, le=1, description="Skip tiles above this.")
+
+
 class IndexJobRequest(BaseModel):
     source: str = Field(
         min_length=1,
         description="Folder, .zip, .tar(.gz) or .tif inside the data root (not the root itself).",
     )
     factory: str | None = Field(default=None, description="FAISS factory string (new index).")
+    tiles: SceneTiling | None = Field(default=None, description="For a GeoTIFF scene.")
 
 
 class JobOut(BaseModel):

@@ -13,9 +13,11 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response, status
 
+from indexer.scenes import SceneError
 from model.datasets import DatasetNotFoundError, resolve_layout_root
 from service.deps import ApiKeyDep, BackendDep, JobsDep, RowId, SettingsDep, StateDep
 from service.errors import NotFoundError, NotReadyError, ServiceError, UnknownModelError
+from service.job_handlers import tile_options
 from service.models import JobRow
 from service.schemas import (
     EvaluationList,
@@ -196,7 +198,13 @@ async def create_index_job(
     source: FsPath = resolve_inside(body.source, settings.data_root)
     if source == FsPath(settings.data_root).resolve():
         raise ServiceError("source is the whole data root: name a folder or archive inside it", 422)
-    params = {"source": str(source), "factory": body.factory}
+    params: dict[str, object] = {"source": str(source), "factory": body.factory}
+    if body.tiles is not None:
+        try:  # the same checks the indexer makes, answered now rather than as a failed job
+            tile_options(body.tiles.model_dump())
+        except SceneError as exc:
+            raise ServiceError(str(exc), 422) from None
+        params["tiles"] = body.tiles.model_dump()
     row = await anyio.to_thread.run_sync(jobs.create, "index", params)
     out = index_job_out(request, row)
     _created(state, response, out.url)

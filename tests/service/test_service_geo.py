@@ -235,3 +235,39 @@ async def test_scenes_listed_with_a_web_mercator_overview(
     assert image.mode == "RGBA" and max(image.size) == 1024
     alpha = np.asarray(image)[..., 3]
     assert (alpha == 0).any() and (alpha == 255).mean() > 0.3  # nodata corners transparent
+
+
+async def test_index_job_cuts_a_scene_with_its_tiling_options(
+    geo_client: httpx.AsyncClient, geo_world: tuple[World, Path]
+) -> None:
+    # Runs last in this module: it adds a scene (same file, other bands) to the shared index.
+    import asyncio
+    import shutil
+
+    world, _ = geo_world
+    target = world.data_root / "scenes" / "cogeo.tif"
+    target.parent.mkdir(exist_ok=True)
+    shutil.copyfile(geotiff_dir(world) / "cogeo.tif", target)
+    key = {"X-API-Key": world.api_key}
+    bad = await geo_client.post(
+        "/index-jobs", json={"source": "scenes/cogeo.tif", "tiles": {"bands": [1, 2]}}, headers=key
+    )
+    assert bad.status_code == 422 and "1 or 3 bands" in bad.text
+    made = await geo_client.post(
+        "/index-jobs",
+        json={"source": "scenes/cogeo.tif",
+              "tiles": {"tile_size": 128, "stride": 512, "resolution": 0.5971640348434448 * 4,
+                        "bands": [3, 2, 1]}},
+        headers=key,
+    )  # fmt: skip
+    assert made.status_code == 202, made.text
+    url = made.json()["url"]
+    for _ in range(300):
+        job = (await geo_client.get(url)).json()
+        if job["status"] in ("done", "failed"):
+            break
+        await asyncio.sleep(0.2)
+    assert job["status"] == "done", job
+    assert job["results"]["added"] == 4 and job["results"]["scene_id"] is not None
+    scenes = (await geo_client.get("/scenes")).json()["scenes"]
+    assert [3, 2, 1] in [s["bands"] for s in scenes]
