@@ -27,7 +27,7 @@ from indexer.sources import Entry, SourceReader, canonical_source, list_entries,
 from indexer.store import IndexStore
 from model.checkpoint import load_embedder
 from model.device import best_device
-from model.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from model.imageio import DEFAULT_MAX_PIXELS, decode_image, max_file_bytes
 from rsir.settings import sqlite_url_for
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class _EntryDataset(Dataset[_Decoded]):
             return _Decoded(entry, tensor, digest, image.width, image.height, None, geo=geo)
         except TileSkipped as exc:
             return _Decoded(entry, None, "", 0, 0, None, skipped=exc.reason)
-        except (ImageDecodeError, OSError, KeyError, ValueError) as exc:
+        except Exception as exc:  # any entry that cannot be read is skipped and counted
             return _Decoded(entry, None, "", 0, 0, str(exc) or type(exc).__name__)
 
 
@@ -177,7 +177,7 @@ def index_source(
             _embed_and_add(
                 store,
                 model,
-                SourceReader(source_path, index_dir, tiles),
+                SourceReader(source_path, tiles, max_entry_bytes=max_file_bytes(max_pixels)),
                 todo,
                 canonical,
                 summary,

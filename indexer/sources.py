@@ -2,28 +2,41 @@
 
 A source lists entries (inner path + label from the layout) cheaply; each entry's bytes are
 read later, on a DataLoader worker, so listing a million files costs no decoding.
+
+Archives are read where they are, never unpacked: an entry's declared size is checked against
+`max_entry_bytes` before a byte of it is read, and the read itself stops there, so an archive
+bomb costs neither memory nor disk. A .tar.gz is read through a gzip seek-point index
+(indexed_gzip) built in memory while its headers are scanned once per reader.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import shutil
 import tarfile
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
+
+import indexed_gzip
 
 from PIL import Image
 
 from indexer.scenes import SceneTiles, TileOptions, scene_tile_names
 from model.datasets import IMAGE_EXTENSIONS
+from model.imageio import DEFAULT_MAX_PIXELS, max_file_bytes
+
+# Uncompressed bytes between two seek points of a .tar.gz: each point keeps a 32 KiB window, so
+# the index takes 0.4 % of the unpacked size in memory, and one read inflates at most 8 MiB
+# more than the entry.
+GZIP_SEEK_SPACING = 8 << 20
 
 
 class SourceError(ValueError):
     """The source cannot be read at all (missing, unknown kind)."""
+
+
+class EntryError(SourceError):
+    """One entry cannot be read (too large, encrypted, corrupt): skip it, count it, go on."""
 
 
 @dataclass(frozen=True)
@@ -105,34 +118,24 @@ def list_entries(source: Path, tiles: TileOptions | None = None) -> Listing:
 class SourceReader:
     """Reads entry bytes; opens archives lazily so that each DataLoader worker has its own handle.
 
-    A .tar.gz is first decompressed to a plain .tar beside `work_dir`, since gzip has no random
-    access and workers read entries out of order.
+    Every read is capped at `max_entry_bytes` (by default the largest file an image within the
+    pixel cap needs), checked on the declared size first and again while reading.
     """
 
     def __init__(
-        self, source: Path, work_dir: Path | None = None, tiles: TileOptions | None = None
+        self,
+        source: Path,
+        tiles: TileOptions | None = None,
+        *,
+        max_entry_bytes: int = max_file_bytes(DEFAULT_MAX_PIXELS),
     ) -> None:
         self.source = Path(source)
         self.kind = source_kind(self.source)
-        self.work_dir = work_dir
+        self.max_entry_bytes = max_entry_bytes
         self._zip: zipfile.ZipFile | None = None
         self._tar: tarfile.TarFile | None = None
         self._tar_members: dict[str, tarfile.TarInfo] | None = None
         self._scene = SceneTiles(self.source, tiles) if self.kind == "geotiff" else None
-        self._tar_path = self._plain_tar() if self.kind == "tar.gz" else self.source
-
-    def _plain_tar(self) -> Path:
-        # Not beside the source: archives often sit on read-only mounts.
-        base = self.work_dir or Path(tempfile.gettempdir()) / "rsir-untar"
-        digest = hashlib.sha256(canonical_source(self.source).encode()).hexdigest()[:12]
-        target = base / f".untar-{digest}.tar"
-        if not target.exists() or target.stat().st_mtime < self.source.stat().st_mtime:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp")
-            with gzip.open(self.source, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=1 << 20)
-            tmp.replace(target)
-        return target
 
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
@@ -140,27 +143,71 @@ class SourceReader:
         return state
 
     def read(self, inner: str) -> bytes:
-        """The raw bytes of one entry (a PNG for a GeoTIFF tile)."""
-        if self.kind == "folder":
-            target = (self.source / inner).resolve()
-            if not target.is_relative_to(self.source.resolve()):
-                raise SourceError(f"{inner} is outside {self.source}")
-            return target.read_bytes()
-        if self.kind == "zip":
-            if self._zip is None:
-                self._zip = zipfile.ZipFile(self.source)
-            return self._zip.read(inner)
-        if self.kind in ("tar", "tar.gz"):
-            if self._tar is None:
-                self._tar = tarfile.open(self._tar_path)  # noqa: SIM115 (held open per worker)
-                self._tar_members = {m.name: m for m in self._tar.getmembers() if m.isfile()}
-            assert self._tar_members is not None
-            handle = self._tar.extractfile(self._tar_members[inner])
-            if handle is None:
-                raise SourceError(f"{inner} is not a regular file")
-            return handle.read()
-        assert self._scene is not None
-        return self._scene.read(inner)  # a window of the scene, as PNG (TileSkipped if empty)
+        """The raw bytes of one entry (a PNG for a GeoTIFF tile); EntryError when unreadable."""
+        if self.kind == "geotiff":
+            assert self._scene is not None
+            return self._scene.read(inner)  # a window of the scene, as PNG (TileSkipped if empty)
+        try:
+            if self.kind == "folder":
+                return self._read_file(inner)
+            if self.kind == "zip":
+                return self._read_zip(inner)
+            return self._read_tar(inner)
+        except EntryError:
+            raise
+        except KeyError:
+            raise EntryError(f"{inner} is not in {self.source.name}") from None
+        except Exception as exc:  # bad CRC, encrypted, unknown method, truncated: any of them
+            raise EntryError(f"cannot read {inner}: {type(exc).__name__}: {exc}") from exc
+
+    def _check_size(self, inner: str, size: int) -> None:
+        if size > self.max_entry_bytes:
+            raise EntryError(
+                f"{inner} is {size} bytes, over the {self.max_entry_bytes} bytes any image "
+                f"within the pixel cap needs (archive bomb guard)"
+            )
+
+    def _read_capped(self, inner: str, handle: IO[bytes]) -> bytes:
+        data = handle.read(self.max_entry_bytes + 1)
+        self._check_size(inner, len(data))  # a size the header understated
+        return data
+
+    def _read_file(self, inner: str) -> bytes:
+        target = (self.source / inner).resolve()
+        if not target.is_relative_to(self.source.resolve()):
+            raise EntryError(f"{inner} is outside {self.source}")
+        self._check_size(inner, target.stat().st_size)
+        with target.open("rb") as handle:
+            return self._read_capped(inner, handle)
+
+    def _read_zip(self, inner: str) -> bytes:
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self.source)
+        info = self._zip.getinfo(inner)
+        self._check_size(inner, info.file_size)
+        with self._zip.open(info) as handle:
+            data = self._read_capped(inner, handle)
+            handle.read(1)  # at the end of the entry: zipfile checks the CRC here
+        return data
+
+    def _read_tar(self, inner: str) -> bytes:
+        if self._tar is None:
+            self._tar = self._open_tar()
+            self._tar_members = {m.name: m for m in self._tar.getmembers() if m.isfile()}
+        assert self._tar_members is not None
+        member = self._tar_members[inner]
+        self._check_size(inner, member.size)
+        handle = self._tar.extractfile(member)
+        if handle is None:
+            raise EntryError(f"{inner} is not a regular file")
+        return self._read_capped(inner, handle)
+
+    def _open_tar(self) -> tarfile.TarFile:
+        if self.kind == "tar":
+            return tarfile.open(self.source)
+        # gzip has no random access: a seek-point index gives it, in memory, without unpacking.
+        stream = indexed_gzip.IndexedGzipFile(str(self.source), spacing=GZIP_SEEK_SPACING)
+        return tarfile.open(fileobj=stream, mode="r:")
 
     def scene_image(self, inner: str) -> Image.Image | None:
         """A scene tile as RGB pixels (indexing needs no PNG); None for other sources."""
@@ -171,6 +218,6 @@ class SourceReader:
         return self._scene.geo_columns(inner) if self._scene is not None else {}
 
 
-def read_entry(source: str, path: str) -> bytes:
+def read_entry(source: str, path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     """Bytes of an indexed image, from its source and inner path (as stored in the DB)."""
-    return SourceReader(Path(source)).read(path)
+    return SourceReader(Path(source), max_entry_bytes=max_file_bytes(max_pixels)).read(path)

@@ -134,7 +134,7 @@ class InferenceCore:
         self.classify_batchers: dict[str, Batcher[Image.Image, list[float]]] = {}
         self._index_error: ServiceError | None = None
         self._reload_lock = threading.Lock()
-        self.sources = SourceCache(Path(settings.index_dir))
+        self.sources = SourceCache(settings.max_pixels)
 
     # ------------------------------------------------------------------ life cycle
     def load(self) -> None:

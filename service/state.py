@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -97,7 +96,7 @@ class AppState:
             )  # fmt: skip
             runtime.start()
             backend = LocalBackend(runtime.core)
-        sources = SourceCache(Path(settings.index_dir))
+        sources = SourceCache(settings.max_pixels)
         return cls(settings, engine, metrics, jobs, backend, runtime, problem, sources)
 
     def close(self) -> None:
