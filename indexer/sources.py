@@ -18,7 +18,6 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import indexed_gzip
-
 from PIL import Image
 
 from indexer.scenes import SceneTiles, TileOptions, scene_tile_names
