@@ -341,24 +341,19 @@ def default_backbone(weights_path: Path | None = None) -> str:
     return "efficientnet_lite0"
 
 
-# ---------------------------------------------------------------- ResNet-only helpers
+# ---------------------------------------------------------------- stride maths
 
 
-def build_resnet(
-    name: str, pretrained: bool = True, weights_path: Path | None = None
-) -> tuple[models.ResNet, str]:
-    """A whole torchvision ResNet and its initialisation (for classifiers that use its parts)."""
-    net, init = build_imagenet_network(name, pretrained, weights_path)
-    if not isinstance(net, models.ResNet):
-        raise ValueError(f"{name} is not a ResNet; this classifier needs one of resnet18/34/50")
-    return net, init
+def stage_sides(image_size: int) -> tuple[int, int, int, int]:
+    """Side of each trunk stage's output (strides 4, 8, 16, 32) for a square input.
 
-
-def resnet_trunk(net: models.ResNet) -> nn.Sequential:
-    """The convolutional trunk of a ResNet up to layer4 (no pooling, no FC)."""
-    return nn.Sequential(*_resnet_trunk(net).stages)
-
-
-def trunk_channels(net: models.ResNet) -> int:
-    """Channels of layer4's output: 512 for ResNet-18/34, 2048 for ResNet-50."""
-    return int(net.fc.in_features)
+    Every registered trunk halves its input five times with 'same' padding (k // 2), which
+    rounds up: 224 -> 56, 28, 14, 7; 65 -> 17, 9, 5, 3. Heads whose sizes depend on the map
+    (LAFE's region attention, DDRL-AM's fused feature) take their sizes from here.
+    """
+    sides, side = [], int(image_size)
+    for halving in range(5):
+        side = (side + 1) // 2
+        if halving >= 1:
+            sides.append(side)
+    return sides[0], sides[1], sides[2], sides[3]

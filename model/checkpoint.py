@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from model.embedder import Embedder, EmbedderConfig, build_embedder
 from model.transforms import Preprocessing
@@ -135,8 +134,3 @@ def load_embedder(path: Path) -> tuple[Embedder, Checkpoint]:
     net.load_state_dict(ckpt.state_dict)
     net.eval()
     return net, ckpt
-
-
-def count_parameters(net: nn.Module) -> int:
-    """Trainable parameters (for reports)."""
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)

@@ -8,27 +8,38 @@ from typing import Annotated
 
 import typer
 
+from model.backbones import list_backbones
 from model.datasets import DATASET_KINDS
 from rsir.settings import get_settings
 
 app = typer.Typer()
 
-METHODS = "ddrl-am, pcl, lafe or plain"
+
+def _methods() -> str:
+    from model.classifiers.registry import list_methods
+
+    return ", ".join(list_methods())
 
 
 @app.command("train-classifier")
 def train_classifier_command(
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.pt).")],
-    method: Annotated[str, typer.Option(help=f"{METHODS}.")] = "plain",
+    method: Annotated[str, typer.Option(help=f"One of {_methods()}.")] = "plain",
     dataset: Annotated[str, typer.Option(help=f"One of {', '.join(DATASET_KINDS)}.")] = "ucm",
     root: Annotated[Path | None, typer.Option(help="Data root (default: RSIR_DATA_ROOT).")] = None,
     backbone: Annotated[
-        str | None, typer.Option(help="resnet18/34/50; default: the method's paper choice.")
+        str | None,
+        typer.Option(
+            help=f"One of {', '.join(list_backbones())}; default: resnet50 when its ImageNet "
+            "file is here, else efficientnet_lite0 (whose weights every install has)."
+        ),
     ] = None,
     train_ratio: Annotated[
         float, typer.Option(help="Train fraction: UCM 0.8, NWPU 0.1 or 0.2 (papers).")
     ] = 0.8,
-    image_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 224,
+    image_size: Annotated[
+        int | None, typer.Option(help="Square input size in pixels; default: the backbone's.")
+    ] = None,
     max_epochs: Annotated[int, typer.Option(help="Training epochs (DDRL-AM: per step).")] = 40,
     batch_size: Annotated[int, typer.Option()] = 32,
     seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
@@ -40,7 +51,12 @@ def train_classifier_command(
     attention_epochs: Annotated[
         int | None, typer.Option(help="DDRL-AM step 1 epochs (default: max-epochs).")
     ] = None,
-    pretrained: Annotated[bool, typer.Option(help="ImageNet weights if on disk.")] = True,
+    freeze_stages: Annotated[
+        int, typer.Option(help="Keep the backbone's first N of 4 stages fixed (fast on a CPU).")
+    ] = 0,
+    pretrained: Annotated[
+        bool, typer.Option(help="ImageNet weights (--no-pretrained: random initialisation).")
+    ] = True,
     cache_dir: Annotated[Path, typer.Option(help="DDRL-AM Grad-CAM map cache.")] = Path(
         "var/cache/gradcam"
     ),
@@ -54,7 +70,7 @@ def train_classifier_command(
     from model.classifiers.training import TrainConfig, train_classifier
 
     settings = get_settings()
-    info = get_method(method)
+    recipe_of = get_method(method).recipe
     wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     config = TrainConfig(
         method=method,
@@ -65,6 +81,7 @@ def train_classifier_command(
         seed=seed,
         train_ratio=train_ratio,
         attention_epochs=attention_epochs,
+        freeze_stages=freeze_stages,
         per_class=per_class,
         classes=wanted,
         pretrained=pretrained,
@@ -75,7 +92,7 @@ def train_classifier_command(
         progress=progress,
     )
     if lr is not None:
-        config.recipe = replace(info.recipe(batch_size), lr=lr)
+        config.recipe = replace(recipe_of(batch_size), lr=lr)
     images = dataset_for(dataset, root or settings.data_root, per_class, wanted)
     trained = train_classifier(images, config, out)
     report = test_report(
@@ -95,7 +112,7 @@ def train_classifier_command(
         "init": ckpt.init,
         "dataset": dataset,
         "classes": images.class_names,
-        "image_size": image_size,
+        "image_size": trained.checkpoint.preprocessing.image_size,
         "epochs": max_epochs,
         "train_fraction": train_ratio,
         "split_seeds": [seed],

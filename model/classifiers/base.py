@@ -7,11 +7,16 @@ what it deploys.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from model.backbones import Trunk
+from model.transforms import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -68,13 +73,34 @@ class StepOutput:
 
 
 class SceneClassifier(nn.Module):
-    """Base of all methods. `forward(images)` gives the deployed model's logits (B x K)."""
+    """Base of all methods. `forward(images)` gives the deployed model's logits (B x K).
+
+    Every method has a backbone `trunk` (model.backbones.Trunk: any registered backbone); its
+    first `frozen_stages` stages can be kept fixed (`freeze_stages`).
+    """
 
     method: str = ""
+    trunk: Trunk
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
         self.config = dict(config)
+        self.frozen_stages = 0
+
+    def freeze_stages(self, count: int) -> None:
+        """Keep the trunk's first `count` stages fixed: no gradients, and batch-norm statistics
+        kept in train mode too (small fine-tuning batches would only make them noisier)."""
+        self.frozen_stages = max(0, min(int(count), len(self.trunk.stages)))
+        for i, stage in enumerate(self.trunk.stages):
+            for p in stage.parameters():
+                p.requires_grad_(i >= self.frozen_stages)
+
+    def train(self, mode: bool = True) -> SceneClassifier:
+        super().train(mode)
+        if mode:
+            for stage in self.trunk.stages[: self.frozen_stages]:
+                stage.eval()
+        return self
 
     def training_step(self, batch: Batch) -> StepOutput:
         """Loss of one batch in train mode; default: cross-entropy of `forward`."""
@@ -104,6 +130,14 @@ class SceneClassifier(nn.Module):
         """Attention or CAM maps (B x H x W in [0, 1]) for the predicted class, if the method
         has one; None otherwise."""
         return None
+
+    def prepare_evaluation(self, cache_dir: Path | None, preprocessing: Preprocessing) -> None:
+        """Set up what scoring many images needs (DDRL-AM: its map cache); default nothing."""
+
+    def evaluation_logits(self, images: torch.Tensor, hashes: Sequence[str]) -> torch.Tensor:
+        """Logits for evaluation; `hashes` identify the images' content (for caches)."""
+        del hashes
+        return self(images)
 
 
 def apply_dihedral(image: torch.Tensor, params: tuple[int, bool, bool]) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Images decoded once into memory, and the batch orders the methods need.
+"""Images decoded once into memory, and the batch orders (samplers) the methods need.
 
 Why a bank: every epoch (and every method of a benchmark) reuses the same resized images, so
 decoding them once is much cheaper than a DataLoader per epoch on a small CPU. Pixels are kept
@@ -9,30 +9,48 @@ normalisation, so training, evaluation and inference see the same pixels.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from model.imageio import decode_image
+from model.imageio import ImageDecodeError, decode_image
 from model.transforms import Preprocessing
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ImageBank:
-    """N x 3 x S x S uint8 pixels, labels and a content hash per image (the map-cache key)."""
+    """N x 3 x S x S uint8 pixels, labels, a content hash per image (the map-cache key) and
+    which images could be read.
+
+    An unreadable image (the embedder's rule, model.datasets.ImageFolderDataset: warn, skip,
+    count) keeps its place as black pixels with `readable` False, so that split indices stay
+    valid; training and evaluation take only `usable(...)` positions.
+    """
 
     pixels: torch.Tensor
     labels: torch.Tensor
     hashes: list[str]
     image_size: int
+    readable: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
+
+    @property
+    def unreadable(self) -> int:
+        """How many images could not be read."""
+        return int((~self.readable).sum())
+
+    def usable(self, indices: Sequence[int]) -> list[int]:
+        """The positions among `indices` whose image could be read."""
+        return [int(i) for i in indices if bool(self.readable[int(i)])]
 
     def normalized(
         self, indices: torch.Tensor | Sequence[int], prep: Preprocessing
@@ -44,50 +62,65 @@ class ImageBank:
         return (x - mean) / std
 
 
-class _Decode(Dataset[tuple[torch.Tensor, str]]):
+class _Decode(Dataset[tuple[torch.Tensor, str, bool]]):
     def __init__(self, paths: Sequence[Path], size: int) -> None:
         self.paths = list(paths)
+        self.size = size
         self.resize = T.Resize((size, size), antialias=True)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        data = Path(self.paths[index]).read_bytes()
-        image = self.resize(decode_image(data))
-        return T.functional.pil_to_tensor(image), hashlib.sha1(data).hexdigest()[:20]
-
-
-def pil_to_pixels(image: Image.Image, size: int) -> torch.Tensor:
-    """One RGB image resized as the bank stores it (3 x S x S uint8)."""
-    resized = T.Resize((size, size), antialias=True)(image.convert("RGB"))
-    return T.functional.pil_to_tensor(resized)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, bool]:
+        path = Path(self.paths[index])
+        try:
+            data = path.read_bytes()
+            image = self.resize(decode_image(data))
+        except (ImageDecodeError, OSError) as exc:
+            log.warning("skipping unreadable image %s: %s", path, exc)
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), "", False
+        return T.functional.pil_to_tensor(image), hashlib.sha1(data).hexdigest()[:20], True
 
 
 def load_image_bank(
     paths: Sequence[Path], labels: Sequence[int], image_size: int, num_workers: int = 0
 ) -> ImageBank:
-    """Decode and resize every image once (worker processes when num_workers > 0)."""
+    """Decode and resize every image once (worker processes when num_workers > 0); an image
+    that cannot be read is logged, marked unreadable and counted, never fatal."""
     loader = DataLoader(
         _Decode(paths, image_size), batch_size=64, num_workers=num_workers, shuffle=False
     )
     chunks: list[torch.Tensor] = []
     hashes: list[str] = []
-    for pixels, digest in loader:
+    readable: list[torch.Tensor] = []
+    for pixels, digest, ok in loader:
         chunks.append(pixels)
         hashes.extend(digest)
+        readable.append(ok)
     stacked = (
         torch.cat(chunks)
         if chunks
         else torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8)
     )
-    return ImageBank(stacked, torch.as_tensor(list(labels), dtype=torch.long), hashes, image_size)
+    mask = torch.cat(readable) if readable else torch.zeros(0, dtype=torch.bool)
+    bank = ImageBank(
+        stacked, torch.as_tensor(list(labels), dtype=torch.long), hashes, image_size, mask
+    )
+    if bank.unreadable:
+        log.warning("%d of %d images could not be read and are skipped", bank.unreadable, len(bank))
+    return bank
+
+
+Sampler = Callable[[Sequence[int], int, torch.Generator], Iterator[list[int]]]
+"""A method's batch order: (labels of the training images, batch size, generator) -> batches
+of positions into those labels."""
 
 
 def shuffled_batches(
-    count: int, batch_size: int, generator: torch.Generator
+    labels: Sequence[int], batch_size: int, generator: torch.Generator
 ) -> Iterator[list[int]]:
-    """Positions 0..count-1 in a random order, cut into batches (last one may be short)."""
+    """Positions 0..N-1 in a random order, cut into batches (last one may be short)."""
+    count = len(labels)
     order = torch.randperm(count, generator=generator).tolist()
     for start in range(0, count, batch_size):
         batch = order[start : start + batch_size]

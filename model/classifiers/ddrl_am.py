@@ -1,10 +1,12 @@
-"""DDRL-AM (paper 000): an RGB ResNet-18 stream fused with a saliency stream on Grad-CAM maps.
+"""DDRL-AM (Li, Lin, Wang, Xu and Ding, arXiv:1902.07967; Remote Sensing 2020,
+doi:10.3390/rs12091366): an RGB trunk stream fused with a saliency stream on Grad-CAM maps.
 
-Step 1 fine-tunes a ResNet-18 (the attention network) and computes one Grad-CAM map per image,
-for the ground-truth class in training and the predicted class otherwise; the maps are cached
-per image content and attention-network fingerprint. Step 2 trains the RGB trunk (started from
-the attention network's weights), the SFT stream on the grey map, their element-wise product,
-an FC classifier and a center loss. At inference the map comes from the predicted class.
+Step 1 fine-tunes a plain classifier (the attention network; the paper's ResNet-18, here any
+registered backbone) and computes one Grad-CAM map per image on its last stage, for the
+ground-truth class in training and the predicted class otherwise; the maps are cached per image
+content and attention-network fingerprint. Step 2 trains the RGB trunk (started from the
+attention network's weights), the SFT stream on the grey map, their element-wise product, an FC
+classifier and a center loss. At inference the map comes from the predicted class.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import models
 
-from model.backbones import resnet_trunk
+from model.backbones import stage_sides
+from model.checkpoint import fingerprint
 from model.classifiers.base import (
     Batch,
     ParamGroup,
@@ -32,7 +35,9 @@ from model.classifiers.base import (
 )
 from model.classifiers.center_loss import CenterLoss, center_optimizer
 from model.classifiers.gradcam import grey_attention_maps
-from model.classifiers.plain import build_resnet_classifier
+from model.classifiers.method import ClassifierMethod, TrainRun
+from model.classifiers.plain import PlainClassifier, build_plain
+from model.transforms import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +54,18 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, padding: int) -
 
 
 class SFT(nn.Module):
-    """Saliency stream: Conv64 7x7 s2 p3, BN, ReLU, MaxPool 3x3 s2 p1, then Conv 128/256/512
-    3x3 s2 p1 with BN and ReLU: a 1 x 224 x 224 map becomes 512 x 7 x 7."""
+    """Saliency stream: Conv64 7x7 s2 p3, BN, ReLU, MaxPool 3x3 s2 p1, then Conv 128/256/C
+    3x3 s2 p1 with BN and ReLU: a 1 x 224 x 224 map becomes C x 7 x 7, the RGB trunk's shape
+    (C = 512 on the paper's ResNet-18; the trunk's channel count on any other backbone)."""
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int = 512) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             *_conv_bn_relu(1, 64, 7, 2, 3),
             nn.MaxPool2d(3, stride=2, padding=1),
             *_conv_bn_relu(64, 128, 3, 2, 1),
             *_conv_bn_relu(128, 256, 3, 2, 1),
-            *_conv_bn_relu(256, 512, 3, 2, 1),
+            *_conv_bn_relu(256, channels, 3, 2, 1),
         )
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
@@ -67,11 +73,8 @@ class SFT(nn.Module):
 
 
 def trunk_side(image_size: int) -> int:
-    """Side of a ResNet trunk's (and SFT's) output: five stride-2 steps, each rounding up."""
-    side = image_size
-    for _ in range(5):
-        side = (side + 1) // 2
-    return side
+    """Side of the trunk's (and SFT's) last map: stride 32, rounding up."""
+    return stage_sides(image_size)[-1]
 
 
 class GradCamCache:
@@ -116,7 +119,7 @@ class DDRLAM(SceneClassifier):
 
     method = "ddrl-am"
 
-    def __init__(self, config: dict[str, Any], attention_net: models.ResNet) -> None:
+    def __init__(self, config: dict[str, Any], attention_net: PlainClassifier) -> None:
         super().__init__(config)
         num_classes = int(config["num_classes"])
         side = trunk_side(int(config["image_size"]))
@@ -125,11 +128,12 @@ class DDRLAM(SceneClassifier):
         self.attention_net = attention_net
         for p in self.attention_net.parameters():
             p.requires_grad_(False)
-        self.rgb = resnet_trunk(copy.deepcopy(attention_net))
-        for p in self.rgb.parameters():
+        self.trunk = copy.deepcopy(attention_net.trunk)  # the RGB stream
+        for p in self.trunk.parameters():
             p.requires_grad_(True)
-        self.sft = SFT()
-        self.feature_dim = 512 * side * side
+        channels = self.trunk.channels
+        self.sft = SFT(channels)
+        self.feature_dim = channels * side * side
         self.fc = nn.Linear(self.feature_dim, num_classes)
         self.center_loss = CenterLoss(num_classes, self.feature_dim)
         self._center_opt: torch.optim.Optimizer | None = None
@@ -145,11 +149,12 @@ class DDRLAM(SceneClassifier):
         self, images: torch.Tensor, classes: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Grey Grad-CAM maps (B x H x W) of the attention net for `classes` (else predicted)."""
-        return grey_attention_maps(self.attention_net, self.attention_net.layer4, images, classes)
+        target = self.attention_net.trunk.stages[-1]
+        return grey_attention_maps(self.attention_net, target, images, classes)
 
     def fused_features(self, images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-        """`X_rgb * X_grey`, flattened (B x 512*h*w)."""
-        return torch.flatten(self.rgb(images) * self.sft(maps.unsqueeze(1)), 1)
+        """`X_rgb * X_grey`, flattened (B x C*h*w)."""
+        return torch.flatten(self.trunk(images) * self.sft(maps.unsqueeze(1)), 1)
 
     def forward(self, images: torch.Tensor, maps: torch.Tensor | None = None) -> torch.Tensor:
         if maps is None:
@@ -185,6 +190,11 @@ class DDRLAM(SceneClassifier):
         """Logits with the predicted-class maps taken from (and added to) the cache."""
         return self(images, self.cached_maps(images, hashes))
 
+    def prepare_evaluation(self, cache_dir: Path | None, preprocessing: Preprocessing) -> None:
+        """Maps of evaluated images go through a cache bound to this attention network."""
+        state = {k: v.cpu() for k, v in self.attention_net.state_dict().items()}
+        self.map_cache = GradCamCache(cache_dir, fingerprint(state, preprocessing))
+
     def training_step(self, batch: Batch) -> StepOutput:
         if self.training_maps is None:
             raise RuntimeError("DDRL-AM needs its training maps (set training_maps) first")
@@ -206,7 +216,7 @@ class DDRLAM(SceneClassifier):
         """Paper: RGB trunk at 0.1 x the base lr (1e-4), unscheduled; SFT and FC at the base lr
         (1e-3), x0.1 every 10 epochs. The centers have their own SGD."""
         return [
-            ParamGroup(list(self.rgb.parameters()), lr_scale=0.1, scheduled=False),
+            ParamGroup(list(self.trunk.parameters()), lr_scale=0.1, scheduled=False),
             ParamGroup(list(self.sft.parameters()) + list(self.fc.parameters())),
         ]
 
@@ -231,19 +241,67 @@ def build_ddrl_am(
     config: dict[str, Any],
     pretrained: bool = True,
     weights_path: Path | None = None,
-    attention_net: models.ResNet | None = None,
+    attention_net: PlainClassifier | None = None,
 ) -> tuple[DDRLAM, str]:
-    """DDRL-AM from its config; `attention_net` is the fine-tuned ResNet-18 of step 1 (a fresh,
-    untrained one when rebuilding from a checkpoint, whose weights then overwrite it)."""
+    """DDRL-AM from its config; `attention_net` is the fine-tuned plain classifier of step 1 (a
+    fresh one when rebuilding from a checkpoint, whose weights then overwrite it)."""
     init = "checkpoint"
     if attention_net is None:
-        attention_net, init = build_resnet_classifier(
-            config.get("backbone", "resnet18"), int(config["num_classes"]), pretrained, weights_path
-        )
+        attention_net, init = build_plain(_attention_config(config), pretrained, weights_path)
     return DDRLAM(config, attention_net), init
 
 
+def _attention_config(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config, "method": "plain"}
+
+
+def train_ddrl_am(
+    method: ClassifierMethod, run: TrainRun
+) -> tuple[DDRLAM, str, list[dict[str, Any]]]:
+    """Step 1: fine-tune the attention network (Adam AMSGrad at the base rate) and cache its
+    ground-truth-class maps of the training images; step 2: train the two-stream network."""
+    del method
+    torch.manual_seed(run.seed)
+    attention, init = build_plain(
+        _attention_config(run.model_config), run.pretrained, run.weights_path
+    )
+    epochs1 = run.attention_epochs if run.attention_epochs is not None else run.epochs
+    history = run.fit(
+        attention,
+        "ddrl-am step 1 (attention net)",
+        recipe=replace(run.recipe, optimizer="adam-amsgrad"),
+        epochs=epochs1,
+    )
+    for record in history:
+        record["stage"] = "attention"
+    net, _ = build_ddrl_am(run.model_config, attention_net=attention)
+    net.prepare_evaluation(run.cache_dir, run.preprocessing)
+    net.to(run.device).eval()
+    bank = run.bank
+    maps = torch.zeros(len(bank), bank.image_size, bank.image_size)
+    for start in range(0, len(run.train), 64):
+        chosen = run.train[start : start + 64]
+        images = bank.normalized(chosen, run.preprocessing).to(run.device)
+        maps[chosen] = net.cached_maps(
+            images, [bank.hashes[i] for i in chosen], bank.labels[chosen].to(run.device)
+        ).cpu()
+    net.training_maps = maps
+    history2 = run.fit(net, "ddrl-am step 2 (two streams)", seed=run.seed + 1)
+    net.training_maps = None
+    return net, init, history + history2
+
+
 def ddrl_am_recipe(batch_size: int) -> Recipe:
-    """Paper 000: Adam with AMSGrad (0.9, 0.999, 1e-8), lr 1e-3 (trunk 1e-4), x0.1 / 10 epochs."""
+    """Li et al.: Adam with AMSGrad (0.9, 0.999, 1e-8), lr 1e-3 (trunk 1e-4), x0.1 / 10 epochs."""
     del batch_size
     return Recipe("adam-amsgrad", lr=1e-3, weight_decay=0.0, schedule="step", step_epochs=10)
+
+
+METHOD = ClassifierMethod(
+    name="ddrl-am",
+    description="Grad-CAM attention map + SFT stream + center loss (Li et al., 2020)",
+    build=build_ddrl_am,
+    build_deployed=lambda config: build_ddrl_am(config, False, None)[0],
+    recipe=ddrl_am_recipe,
+    trainer=train_ddrl_am,
+)

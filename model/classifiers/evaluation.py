@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import fingerprint, load_checkpoint
+from model.checkpoint import load_checkpoint
 from model.classifiers.base import SceneClassifier
 from model.classifiers.data import ImageBank, load_image_bank
-from model.classifiers.ddrl_am import DDRLAM, GradCamCache
 from model.classifiers.registry import build_deployed
 from model.classifiers.training import TrainConfig, train_classifier
 from model.datasets import (
@@ -49,6 +48,7 @@ class ClassificationReport:
     confusion: list[list[int]]
     class_names: list[str]
     n_test: int
+    n_unreadable: int = 0  # test images that could not be read: skipped, counted here
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,17 +123,14 @@ def predict_bank(
     device: torch.device,
     batch_size: int = 64,
 ) -> np.ndarray:
-    """Predicted classes of the bank images at `indices` (DDRL-AM's maps via its cache)."""
+    """Predicted classes of the bank images at `indices` (through the method's
+    `evaluation_logits`: DDRL-AM takes its maps from its cache)."""
     net.to(device).eval()
     predictions: list[np.ndarray] = []
     for start in range(0, len(indices), batch_size):
         chosen = list(indices[start : start + batch_size])
         images = bank.normalized(chosen, preprocessing).to(device)
-        evaluation_logits = getattr(net, "evaluation_logits", None)
-        if evaluation_logits is not None:
-            logits = evaluation_logits(images, [bank.hashes[i] for i in chosen])
-        else:
-            logits = net(images)
+        logits = net.evaluation_logits(images, [bank.hashes[i] for i in chosen])
         predictions.append(logits.argmax(dim=1).cpu().numpy())
     return np.concatenate(predictions) if predictions else np.zeros(0, dtype=int)
 
@@ -146,10 +143,13 @@ def test_report(
     preprocessing: Preprocessing,
     device: torch.device,
 ) -> ClassificationReport:
-    """Figures of `net` on the test part of `split`."""
-    predicted = predict_bank(net, bank, split.test, preprocessing, device)
-    truth = bank.labels[torch.as_tensor(split.test, dtype=torch.long)].numpy()
-    return classification_report(truth.tolist(), predicted.tolist(), class_names)
+    """Figures of `net` on the readable test images of `split` (the others are counted)."""
+    test = bank.usable(split.test)
+    predicted = predict_bank(net, bank, test, preprocessing, device)
+    truth = bank.labels[torch.as_tensor(test, dtype=torch.long)].numpy()
+    report = classification_report(truth.tolist(), predicted.tolist(), class_names)
+    report.n_unreadable = len(split.test) - len(test)
+    return report
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -231,9 +231,7 @@ def evaluate_classifier(
         if i == 0:
             net = build_deployed(ckpt.config)
             net.load_state_dict(ckpt.state_dict)
-            if isinstance(net, DDRLAM):
-                attention_state = net.attention_net.state_dict()
-                net.map_cache = GradCamCache(cache_dir, fingerprint(attention_state, prep))
+            net.prepare_evaluation(cache_dir, prep)
             fp, init = ckpt.fingerprint, ckpt.init
         else:
             train_config.seed = seed

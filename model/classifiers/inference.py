@@ -2,8 +2,9 @@
 
 Stable API for the worker: `load_classifier(path, device) -> LoadedClassifier`, then
 `.predict(images) -> list[list[float]]` (class probabilities, one list per image, one batched
-forward pass) and `.explain(image) -> bytes | None` (a grey PNG of the attention map for
-DDRL-AM, the CAM of the predicted class for PCL; None for the other methods).
+forward pass) and `.explain(image) -> bytes | None` (a grey PNG of the method's own map: the
+attention map for DDRL-AM, the CAM of the predicted class for the others; None for a method
+without one).
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from model.classifiers.base import SceneClassifier
 from model.classifiers.gradcam import map_to_png
 from model.classifiers.registry import build_deployed
 from model.transforms import Preprocessing
-
-EXPLAINED_METHODS = frozenset({"ddrl-am", "pcl"})
 
 
 @dataclass
@@ -58,9 +57,7 @@ class LoadedClassifier:
 
     def explain(self, image: Image.Image) -> bytes | None:
         """PNG (8-bit grey, the image's size) of the map behind the predicted class, or None
-        for methods without one."""
-        if self.method not in EXPLAINED_METHODS:
-            return None
+        for a method without one (the network's `explain` decides, not its name)."""
         x = self._batch([image])
         with self._lock, torch.no_grad():
             maps = self.net.explain(x)
@@ -76,7 +73,13 @@ def load_classifier(path: Path, device: torch.device | str = "cpu") -> LoadedCla
     if ckpt.kind != "classifier":
         raise ValueError(f"{path} holds a {ckpt.kind} checkpoint, not a classifier")
     net = build_deployed(ckpt.config)
-    net.load_state_dict(ckpt.state_dict)
+    try:
+        net.load_state_dict(ckpt.state_dict)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{path} does not fit the {ckpt.config['method']} network of this rsir (made by an "
+            f"older layout? retrain it): {str(exc).splitlines()[0]}"
+        ) from None
     target = torch.device(device)
     net.to(target).eval()
     return LoadedClassifier(

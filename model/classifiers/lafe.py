@@ -1,9 +1,11 @@
-"""LAFE (paper 004): discriminative and confusable features from channel and region attention.
+"""LAFE (Shi, Gao, Xu, Jian, Wang and Liu, ACM MM 2020, doi:10.1145/3394171.3413883):
+discriminative and confusable features from channel and region attention.
 
-ResNet stages 3, 4, 5 (layer2, layer3, layer4: 512, 1024, 2048 channels for ResNet-50) each get
-two copies (discriminative, confusable) of a channel attention (SE) and a region attention (one
-weight per spatial position). Their features are fused across stages, and the classifier sees
-`F_5 = f_5 + U_dis - U_con`. The backbone itself runs unchanged on the original features.
+The trunk's stages at strides 8, 16, 32 (the paper's ResNet stages 3, 4, 5: 512, 1024, 2048
+channels on ResNet-50; 40, 112, 1280 on EfficientNet-Lite0) each get two copies
+(discriminative, confusable) of a channel attention (SE) and a region attention (one weight per
+spatial position). Their features are fused across stages, and the classifier sees
+`F_5 = f_5 + U_dis - U_con`. The trunk itself runs unchanged on the original features.
 The region attention's FC sizes depend on H*W, so a model is bound to its input size.
 """
 
@@ -15,21 +17,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import models
 
+from model.backbones import Trunk, create_trunk, stage_sides
 from model.classifiers.base import Batch, Recipe, SceneClassifier, StepOutput
-from model.classifiers.plain import build_resnet_classifier, stage_out_channels
+from model.classifiers.data import paired_batches
+from model.classifiers.method import ClassifierMethod
+from model.classifiers.plain import predicted_cam
 
 
 def stage_sizes(image_size: int) -> tuple[int, int, int]:
-    """Side of the stage-3/4/5 maps of a torchvision ResNet (each stride-2 layer rounds up)."""
-    sides = []
-    side = image_size
-    for halving in range(5):
-        side = (side + 1) // 2
-        if halving >= 2:
-            sides.append(side)
-    return sides[0], sides[1], sides[2]
+    """Side of the stage-3/4/5 maps (strides 8, 16, 32) for a square input."""
+    _, s3, s4, s5 = stage_sides(image_size)
+    return s3, s4, s5
 
 
 class ChannelAttention(nn.Module):
@@ -115,19 +114,15 @@ def paired_mae(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class LAFEClassifier(SceneClassifier):
-    """ResNet + stage attentions + cross-stage fusion; loss `L_cls + L_dis + L_con`."""
+    """Trunk + stage attentions + cross-stage fusion; loss `L_cls + L_dis + L_con`."""
 
     method = "lafe"
 
-    def __init__(self, config: dict[str, Any], net: models.ResNet) -> None:
+    def __init__(self, config: dict[str, Any], trunk: Trunk) -> None:
         super().__init__(config)
         num_classes = int(config["num_classes"])
-        self.net = net
-        channels = [
-            stage_out_channels(net.layer2),
-            stage_out_channels(net.layer3),
-            stage_out_channels(net.layer4),
-        ]
+        self.trunk = trunk
+        channels = list(trunk.stage_channels[1:])
         sides = stage_sizes(int(config["image_size"]))
         self.attention = nn.ModuleList(
             StageAttention(c, s * s) for c, s in zip(channels, sides, strict=True)
@@ -143,11 +138,7 @@ class LAFEClassifier(SceneClassifier):
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(F_5, fused discriminative U_dis, fused confusable U_con) at stage 5."""
-        n = self.net
-        x = n.layer1(n.maxpool(n.relu(n.bn1(n.conv1(images)))))
-        f3 = n.layer2(x)
-        f4 = n.layer3(f3)
-        f5 = n.layer4(f4)
+        _, f3, f4, f5 = self.trunk.forward_stages(images)
         dis3, con3 = self.attention[0](f3)
         dis4, con4 = self.attention[1](f4)
         dis5, con5 = self.attention[2](f5)
@@ -158,6 +149,12 @@ class LAFEClassifier(SceneClassifier):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         final, _, _ = self.features(images)
         return self.classifier(final.mean(dim=(2, 3)))
+
+    @torch.no_grad()
+    def explain(self, images: torch.Tensor) -> torch.Tensor | None:
+        """CAM of the predicted class on F_5 (the classifier is GAP + FC on it)."""
+        final, _, _ = self.features(images)
+        return predicted_cam(final, self.classifier, (images.shape[-2], images.shape[-1]))
 
     def training_step(self, batch: Batch) -> StepOutput:
         final, u_dis, u_con = self.features(batch.images)
@@ -174,15 +171,22 @@ def build_lafe(
     config: dict[str, Any], pretrained: bool = True, weights_path: Path | None = None
 ) -> tuple[LAFEClassifier, str]:
     """LAFE from its config (backbone, num_classes, image_size)."""
-    net, init = build_resnet_classifier(
-        config["backbone"], int(config["num_classes"]), pretrained, weights_path
-    )
-    net.fc = nn.Identity()  # LAFE has its own classifier
-    return LAFEClassifier(config, net), init
+    trunk, init = create_trunk(config["backbone"], pretrained, weights_path)
+    return LAFEClassifier(config, trunk), init
 
 
 def lafe_recipe(batch_size: int) -> Recipe:
-    """Paper 004: SGD momentum 0.9, wd 5e-4, lr 0.0015 at batch 16 (scaled), x0.1 / 40 epochs."""
+    """Shi et al.: SGD momentum 0.9, wd 5e-4, lr 0.0015 at batch 16 (scaled), x0.1 / 40 epochs."""
     return Recipe(
         "sgd", lr=0.0015 * batch_size / 16, weight_decay=5e-4, schedule="step", step_epochs=40
     )
+
+
+METHOD = ClassifierMethod(
+    name="lafe",
+    description="discriminative/confusable channel+region attention (Shi et al., ACM MM 2020)",
+    build=build_lafe,
+    build_deployed=lambda config: build_lafe(config, False, None)[0],
+    recipe=lafe_recipe,
+    sampler=paired_batches,
+)

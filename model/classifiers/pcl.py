@@ -1,9 +1,10 @@
-"""Pairwise-consistency learning (paper 003) as a training scheme for any torchvision ResNet.
+"""Pairwise-consistency learning (PCL; Chen, Song, Wang and Jiang, NeurIPS 2021,
+https://openreview.net/forum?id=NWYlZ5z8Q-R) as a training scheme for any registered backbone.
 
-Training adds a CAM module on the input of the last down-sampling stage (layer3's output,
-14 x 14 at 224), erases the image where the CAM of the predicted class exceeds gamma, and asks
-the erased image's prediction to agree with the original's. The deployed model is the plain
-backbone and main classifier: no extra cost at inference.
+Training adds a CAM module on the input of the last down-sampling stage (the stride-16 stage's
+output, 14 x 14 at 224), erases the image where the CAM of the predicted class exceeds gamma,
+and asks the erased image's prediction to agree with the original's. The deployed model is the
+plain classifier (trunk and main FC): no extra cost at inference.
 """
 
 from __future__ import annotations
@@ -14,16 +15,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import models
 
-from model.classifiers.base import Batch, Recipe, SceneClassifier, StepOutput
+from model.backbones import Trunk, create_trunk
+from model.classifiers.base import Batch, Recipe, StepOutput
 from model.classifiers.gradcam import normalize_min_max, upsample_maps
-from model.classifiers.plain import (
-    PlainClassifier,
-    build_resnet_classifier,
-    class_activation_maps,
-    stage_out_channels,
-)
+from model.classifiers.method import ClassifierMethod
+from model.classifiers.plain import PlainClassifier, build_plain, class_activation_maps
 
 DEFAULT_GAMMA = 0.7
 DEFAULT_ALPHA = 1.0
@@ -81,32 +78,30 @@ class CamModule(nn.Module):
         return class_activation_maps(activations, self.fc, classes)
 
 
-class PCLClassifier(SceneClassifier):
-    """Training-time PCL network: shared backbone, main/side/modified classifiers."""
+class PCLClassifier(PlainClassifier):
+    """Training-time PCL network: the plain classifier (trunk, main FC) plus the CAM module on
+    the stride-16 stage and the modified image's classifier."""
 
     method = "pcl"
 
-    def __init__(self, config: dict[str, Any], net: models.ResNet) -> None:
-        super().__init__(config)
-        self.net = net
+    def __init__(self, config: dict[str, Any], trunk: Trunk) -> None:
+        super().__init__(config, trunk)
         self.gamma = float(config.get("gamma", DEFAULT_GAMMA))
         self.alpha = float(config.get("alpha", DEFAULT_ALPHA))
         self.beta = float(config.get("beta", DEFAULT_BETA))
-        stage3_channels = stage_out_channels(net.layer3)
         num_classes = int(config["num_classes"])
-        self.cam_module = CamModule(stage3_channels, num_classes)
-        self.mod_fc = nn.Linear(net.fc.in_features, num_classes)
+        self.cam_module = CamModule(trunk.stage_channels[2], num_classes)
+        self.mod_fc = nn.Linear(trunk.channels, num_classes)
 
     def _stage3(self, images: torch.Tensor) -> torch.Tensor:
-        n = self.net
-        x = n.maxpool(n.relu(n.bn1(n.conv1(images))))
-        return n.layer3(n.layer2(n.layer1(x)))
+        """Output of the stride-16 stage: the input of the last down-sampling stage."""
+        x = images
+        for stage in self.trunk.stages[:3]:
+            x = stage(x)
+        return x
 
     def _pooled(self, stage3: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.net.avgpool(self.net.layer4(stage3)), 1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        return self.trunk.stages[3](stage3).mean(dim=(2, 3))
 
     def erase(
         self, images: torch.Tensor, activations: torch.Tensor, classes: torch.Tensor
@@ -119,7 +114,7 @@ class PCLClassifier(SceneClassifier):
     def training_step(self, batch: Batch) -> StepOutput:
         images, labels = batch.images, batch.labels
         stage3 = self._stage3(images)
-        p = self.net.fc(self._pooled(stage3))
+        p = self.fc(self._pooled(stage3))
         r, activations = self.cam_module(stage3)
         erased = self.erase(images, activations, p.detach().argmax(dim=1))
         q = self.mod_fc(self._pooled(self._stage3(erased)))
@@ -127,28 +122,38 @@ class PCLClassifier(SceneClassifier):
         return StepOutput(loss, p, terms)
 
     def deploy_state_dict(self) -> dict[str, torch.Tensor]:
-        """Backbone and main classifier only, in the plain classifier's layout."""
-        return {f"net.{k}": v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+        """Trunk and main classifier only, in the plain classifier's layout."""
+        return {
+            k: v.detach().cpu().clone()
+            for k, v in self.state_dict().items()
+            if k.startswith(("trunk.", "fc."))
+        }
 
 
 def build_pcl(
     config: dict[str, Any], pretrained: bool = True, weights_path: Path | None = None
 ) -> tuple[PCLClassifier, str]:
     """The training network for PCL from its config (backbone, num_classes, gamma, alpha, beta)."""
-    net, init = build_resnet_classifier(
-        config["backbone"], int(config["num_classes"]), pretrained, weights_path
-    )
-    return PCLClassifier(config, net), init
+    trunk, init = create_trunk(config["backbone"], pretrained, weights_path)
+    return PCLClassifier(config, trunk), init
 
 
 def build_pcl_deployed(config: dict[str, Any]) -> PlainClassifier:
-    """What a PCL checkpoint holds: the backbone and main classifier (a plain ResNet)."""
-    net, _ = build_resnet_classifier(config["backbone"], int(config["num_classes"]), False, None)
-    deployed = PlainClassifier(config, net)
+    """What a PCL checkpoint holds: the trunk and main classifier (a plain classifier)."""
+    deployed, _ = build_plain(config, False, None)
     deployed.method = "pcl"
     return deployed
 
 
 def pcl_recipe(batch_size: int) -> Recipe:
-    """Paper 003: SGD momentum 0.9, cosine, lr 0.1 at batch 256 (scaled linearly), wd 5e-4."""
+    """Chen et al.: SGD momentum 0.9, cosine, lr 0.1 at batch 256 (scaled linearly), wd 5e-4."""
     return Recipe("sgd", lr=0.1 * batch_size / 256, weight_decay=5e-4, schedule="cosine")
+
+
+METHOD = ClassifierMethod(
+    name="pcl",
+    description="pairwise-consistency learning with CAM erasing (Chen et al., NeurIPS 2021)",
+    build=build_pcl,
+    build_deployed=build_pcl_deployed,
+    recipe=pcl_recipe,
+)

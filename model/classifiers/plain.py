@@ -1,4 +1,8 @@
-"""The plain baseline: a torchvision ResNet (18/34/50) trained with cross-entropy only."""
+"""The plain baseline: a backbone trunk (any registered backbone), GAP, FC, cross-entropy only.
+
+Its explanation is the class activation map (CAM; Zhou et al., CVPR 2016,
+arXiv:1512.04150) of the predicted class on the last stage.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision import models
 
-from model.backbones import build_resnet
+from model.backbones import Trunk, create_trunk
 from model.classifiers.base import Recipe, SceneClassifier
-
-
-def resnet_features(net: models.ResNet, images: torch.Tensor) -> torch.Tensor:
-    """The last conv block's output (B x C x h x w) of a torchvision ResNet."""
-    x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
-    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+from model.classifiers.gradcam import normalize_min_max, upsample_maps
+from model.classifiers.method import ClassifierMethod
 
 
 def class_activation_maps(
@@ -28,54 +26,40 @@ def class_activation_maps(
     return torch.einsum("bc,bchw->bhw", weights, features)
 
 
-def stage_out_channels(stage: nn.Module) -> int:
-    """Output channels of a ResNet stage (its last block's last conv)."""
-    last = list(stage.children())[-1]
-    conv = getattr(last, "conv3", None) or getattr(last, "conv2")  # noqa: B009
-    if not isinstance(conv, nn.Conv2d):
-        raise TypeError(f"not a torchvision ResNet stage: {type(last).__name__}")
-    return int(conv.out_channels)
+def predicted_cam(
+    features: torch.Tensor, fc: nn.Linear, image_size: tuple[int, int]
+) -> torch.Tensor:
+    """Min-max normalised CAM of the class `fc` predicts from GAP(features), upsampled to
+    the image (B x H x W in [0, 1])."""
+    logits = fc(features.mean(dim=(2, 3)))
+    maps = class_activation_maps(features, fc, logits.argmax(dim=1))
+    return normalize_min_max(upsample_maps(maps, image_size))
 
 
 class PlainClassifier(SceneClassifier):
-    """ResNet -> GAP -> FC, cross-entropy; its explanation is the CAM of the predicted class."""
+    """Trunk -> GAP -> FC, cross-entropy; its explanation is the CAM of the predicted class."""
 
     method = "plain"
 
-    def __init__(self, config: dict[str, Any], net: models.ResNet) -> None:
+    def __init__(self, config: dict[str, Any], trunk: Trunk) -> None:
         super().__init__(config)
-        self.net = net
+        self.trunk = trunk
+        self.fc = nn.Linear(trunk.channels, int(config["num_classes"]))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        return self.fc(self.trunk(images).mean(dim=(2, 3)))
 
     @torch.no_grad()
     def explain(self, images: torch.Tensor) -> torch.Tensor | None:
-        from model.classifiers.gradcam import normalize_min_max, upsample_maps
-
-        features = resnet_features(self.net, images)
-        logits = self.net.fc(torch.flatten(self.net.avgpool(features), 1))
-        maps = class_activation_maps(features, self.net.fc, logits.argmax(dim=1))
-        return normalize_min_max(upsample_maps(maps, (images.shape[-2], images.shape[-1])))
-
-
-def build_resnet_classifier(
-    backbone: str, num_classes: int, pretrained: bool, weights_path: Path | None
-) -> tuple[models.ResNet, str]:
-    """A torchvision ResNet whose FC has `num_classes` outputs, and its initialisation."""
-    net, init = build_resnet(backbone, pretrained=pretrained, weights_path=weights_path)
-    net.fc = nn.Linear(net.fc.in_features, num_classes)
-    return net, init
+        return predicted_cam(self.trunk(images), self.fc, (images.shape[-2], images.shape[-1]))
 
 
 def build_plain(
     config: dict[str, Any], pretrained: bool = True, weights_path: Path | None = None
 ) -> tuple[PlainClassifier, str]:
-    """A plain classifier from its config: backbone, num_classes."""
-    net, init = build_resnet_classifier(
-        config["backbone"], int(config["num_classes"]), pretrained, weights_path
-    )
-    return PlainClassifier(config, net), init
+    """A plain classifier from its config (backbone, num_classes) and its initialisation."""
+    trunk, init = create_trunk(config["backbone"], pretrained, weights_path)
+    return PlainClassifier(config, trunk), init
 
 
 def plain_recipe(batch_size: int) -> Recipe:
@@ -83,6 +67,10 @@ def plain_recipe(batch_size: int) -> Recipe:
     return Recipe("sgd", lr=0.1 * batch_size / 256, weight_decay=5e-4, schedule="cosine")
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy (a named helper so every method's loss reads the same)."""
-    return F.cross_entropy(logits, labels)
+METHOD = ClassifierMethod(
+    name="plain",
+    description="backbone with cross-entropy only (the baseline)",
+    build=build_plain,
+    build_deployed=lambda config: build_plain(config, False, None)[0],
+    recipe=plain_recipe,
+)

@@ -1,73 +1,29 @@
-"""Classifier methods by name, timm-style: build one, list them; an unknown name lists the rest."""
+"""Classifier methods by name, timm-style: build one, list them; an unknown name lists the rest.
+
+Each method registers itself once, as `METHOD` in its own module (a `ClassifierMethod`: its
+builders, recipe, sampler and trainer); this module only collects them. Every method works on
+every registered backbone (model/backbones.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import importlib
 from pathlib import Path
 from typing import Any
 
-from model.classifiers.base import Recipe, SceneClassifier
+from model.backbones import default_backbone, get_backbone
+from model.classifiers.base import SceneClassifier
+from model.classifiers.method import ClassifierMethod
+
+_METHOD_MODULES = ("ddrl_am", "lafe", "pcl", "plain")
 
 
-@dataclass(frozen=True)
-class MethodInfo:
-    """How to build a method for training and for deployment, and its paper recipe."""
-
-    name: str
-    default_backbone: str
-    backbones: tuple[str, ...]
-    build: Callable[[dict[str, Any], bool, Path | None], tuple[SceneClassifier, str]]
-    build_deployed: Callable[[dict[str, Any]], SceneClassifier]
-    recipe: Callable[[int], Recipe]
-    description: str
-
-
-def _methods() -> dict[str, MethodInfo]:
-    from model.classifiers.ddrl_am import build_ddrl_am, ddrl_am_recipe
-    from model.classifiers.lafe import build_lafe, lafe_recipe
-    from model.classifiers.pcl import build_pcl, build_pcl_deployed, pcl_recipe
-    from model.classifiers.plain import build_plain, plain_recipe
-
-    resnets = ("resnet18", "resnet34", "resnet50")
-    return {
-        "ddrl-am": MethodInfo(
-            "ddrl-am",
-            "resnet18",
-            ("resnet18",),
-            lambda c, p, w: build_ddrl_am(c, p, w),
-            lambda c: build_ddrl_am(c, False, None)[0],
-            ddrl_am_recipe,
-            "Grad-CAM attention map + SFT stream + center loss (paper 000)",
-        ),
-        "pcl": MethodInfo(
-            "pcl",
-            "resnet50",
-            resnets,
-            lambda c, p, w: build_pcl(c, p, w),
-            build_pcl_deployed,
-            pcl_recipe,
-            "pairwise-consistency learning with CAM erasing (paper 003)",
-        ),
-        "lafe": MethodInfo(
-            "lafe",
-            "resnet50",
-            resnets,
-            lambda c, p, w: build_lafe(c, p, w),
-            lambda c: build_lafe(c, False, None)[0],
-            lafe_recipe,
-            "discriminative/confusable channel+region attention (paper 004)",
-        ),
-        "plain": MethodInfo(
-            "plain",
-            "resnet18",
-            resnets,
-            lambda c, p, w: build_plain(c, p, w),
-            lambda c: build_plain(c, False, None)[0],
-            plain_recipe,
-            "ResNet with cross-entropy only (the baseline)",
-        ),
-    }
+def _methods() -> dict[str, ClassifierMethod]:
+    methods: dict[str, ClassifierMethod] = {}
+    for module in _METHOD_MODULES:
+        method = importlib.import_module(f"model.classifiers.{module}").METHOD
+        methods[method.name] = method
+    return methods
 
 
 def list_methods() -> list[str]:
@@ -75,7 +31,7 @@ def list_methods() -> list[str]:
     return sorted(_methods())
 
 
-def get_method(name: str) -> MethodInfo:
+def get_method(name: str) -> ClassifierMethod:
     """The method called `name`; ValueError listing the valid names otherwise."""
     methods = _methods()
     if name not in methods:
@@ -90,11 +46,14 @@ def classifier_config(
     backbone: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """The config dict a checkpoint stores: method, backbone, num_classes, image_size, options."""
-    info = get_method(method)
-    chosen = backbone or info.default_backbone
-    if chosen not in info.backbones:
-        raise ValueError(f"{method} supports backbones {list(info.backbones)}, not {chosen!r}")
+    """The config dict a checkpoint stores: method, backbone, num_classes, image_size, options.
+
+    The backbone defaults to `model.backbones.default_backbone()` (ImageNet-initialised on
+    every install); an unknown one lists the registered backbones.
+    """
+    get_method(method)
+    chosen = backbone or default_backbone()
+    get_backbone(chosen)
     return {
         "method": method,
         "backbone": chosen,

@@ -19,6 +19,7 @@ from model.backbones import (
     get_backbone,
     list_backbones,
     map_state_dict_by_position,
+    stage_sides,
 )
 from model.embedder import EmbedderConfig, build_embedder
 from model.transforms import Preprocessing
@@ -162,3 +163,13 @@ def test_pretrained_descriptors_separate_real_classes() -> None:
     np.fill_diagonal(sims, -np.inf)
     nearest = sims.argmax(axis=1)
     assert (labels[nearest] == labels).mean() >= 0.9
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_stage_sides_are_the_real_map_sizes_of_every_trunk(name: str) -> None:
+    trunk, _ = create_trunk(name, pretrained=False)
+    trunk.eval()
+    for size in (33, 65):
+        with torch.inference_mode():
+            stages = trunk.forward_stages(torch.rand(1, 3, size, size))
+        assert tuple(s.shape[-1] for s in stages) == stage_sides(size), size

@@ -19,18 +19,24 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from model.backbones import default_backbone, list_backbones
+from model.checkpoint import Checkpoint, fingerprint, save_checkpoint
 from model.classifiers.base import Batch, SceneClassifier, apply_dihedral, random_dihedral
 from model.classifiers.center_loss import CenterLoss, center_optimizer
 from model.classifiers.data import paired_batches
 from model.classifiers.ddrl_am import SFT, GradCamCache, build_ddrl_am, trunk_side
 from model.classifiers.evaluation import classification_report, evaluate_classifier
+from model.classifiers.evaluation import test_report as score_test_split
 from model.classifiers.gradcam import grad_cam, grey_attention_maps, normalize_min_max
 from model.classifiers.inference import load_classifier
 from model.classifiers.lafe import RegionAttention, build_lafe, paired_mae, stage_sizes
+from model.classifiers.method import optimizer_for, schedule_factor
 from model.classifiers.pcl import build_pcl, erase_above, kl_divergence, pcl_loss
 from model.classifiers.registry import build_classifier, classifier_config, get_method
-from model.classifiers.training import TrainConfig, _optimizer, schedule_factor, train_classifier
+from model.classifiers.training import TrainConfig, train_classifier
 from model.datasets import LabeledImages, discover_dataset, limit_per_class
+from model.transforms import Preprocessing
+from tests.conftest import make_class_folder
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_ROOT = Path(os.environ.get("RSIR_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
@@ -109,14 +115,14 @@ def test_sft_gives_512x7x7_at_224() -> None:
 
 
 def test_ddrl_am_fuses_rgb_and_map_streams_into_25088_features_at_224() -> None:
-    net, _ = build_ddrl_am(classifier_config("ddrl-am", 5, 224), pretrained=False)
+    net, _ = build_ddrl_am(classifier_config("ddrl-am", 5, 224, "resnet18"), pretrained=False)
     net.eval()
     assert net.fc.in_features == 25088
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         maps = torch.rand(1, 224, 224)
         fused = net.fused_features(x, maps)
-        expected = (net.rgb(x) * net.sft(maps.unsqueeze(1))).flatten(1)
+        expected = (net.trunk(x) * net.sft(maps.unsqueeze(1))).flatten(1)
     torch.testing.assert_close(fused, expected)
 
 
@@ -142,7 +148,7 @@ def test_center_loss_centers_move_toward_their_class_means() -> None:
 
 def test_ddrl_am_centers_follow_the_unweighted_center_loss_with_lr_half() -> None:
     torch.manual_seed(0)
-    net, _ = build_ddrl_am(classifier_config("ddrl-am", 3, 64), pretrained=False)
+    net, _ = build_ddrl_am(classifier_config("ddrl-am", 3, 64, "resnet18"), pretrained=False)
     net.train()
     net.training_maps = torch.rand(6, 64, 64)
     batch = Batch(torch.randn(6, 3, 64, 64), torch.tensor([0, 0, 1, 1, 2, 2]), torch.arange(6))
@@ -167,9 +173,9 @@ def test_ddrl_am_centers_follow_the_unweighted_center_loss_with_lr_half() -> Non
 
 
 def test_ddrl_am_optimiser_uses_paper_rates_and_schedule() -> None:
-    net, _ = build_ddrl_am(classifier_config("ddrl-am", 3, 64), pretrained=False)
+    net, _ = build_ddrl_am(classifier_config("ddrl-am", 3, 64, "resnet18"), pretrained=False)
     recipe = get_method("ddrl-am").recipe(32)
-    optimizer, scheduled = _optimizer(net, recipe)
+    optimizer, scheduled = optimizer_for(net, recipe)
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.defaults["amsgrad"] is True
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-4, 1e-3])
@@ -195,7 +201,7 @@ def test_the_same_dihedral_transform_keeps_image_and_map_aligned() -> None:
 
 def test_grad_cam_cache_is_keyed_by_model_and_content_and_reused(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    net, _ = build_ddrl_am(classifier_config("ddrl-am", 3, 64), pretrained=False)
+    net, _ = build_ddrl_am(classifier_config("ddrl-am", 3, 64, "resnet18"), pretrained=False)
     net.eval()
     net.map_cache = GradCamCache(tmp_path, "fp1")
     x = torch.randn(2, 3, 64, 64)
@@ -232,7 +238,7 @@ def test_pcl_erases_where_the_min_max_cam_of_the_prediction_exceeds_gamma() -> N
     images = torch.randn(2, 3, 64, 64) + 10
     with torch.no_grad():
         stage3 = net._stage3(images)
-        p = net.net.fc(net._pooled(stage3))
+        p = net.fc(net._pooled(stage3))
         _, activations = net.cam_module(stage3)
         erased = net.erase(images, activations, p.argmax(1))
         cam = torch.einsum("bc,bchw->bhw", net.cam_module.fc.weight[p.argmax(1)], activations)
@@ -300,7 +306,7 @@ def test_lafe_region_attention_has_one_weight_per_position() -> None:
 
 
 def test_lafe_uses_stages_3_to_5_of_resnet50_with_position_sized_attention() -> None:
-    net, _ = build_lafe(classifier_config("lafe", 4, 64), pretrained=False)
+    net, _ = build_lafe(classifier_config("lafe", 4, 64, "resnet50"), pretrained=False)
     assert net.config["backbone"] == "resnet50"
     assert stage_sizes(64) == (8, 4, 2) and stage_sizes(224) == (28, 14, 7)
     positions = [stage.dis_region.positions for stage in net.attention]
@@ -339,8 +345,8 @@ def test_paired_sampler_puts_same_label_images_side_by_side() -> None:
 def test_registry_builds_by_name_and_lists_valid_names() -> None:
     with pytest.raises(ValueError, match=r"ddrl-am.*lafe.*pcl.*plain"):
         get_method("resnet-magic")
-    with pytest.raises(ValueError, match="supports backbones"):
-        classifier_config("ddrl-am", 3, 64, "resnet50")
+    with pytest.raises(ValueError, match="unknown backbone"):
+        classifier_config("ddrl-am", 3, 64, "resnet-magic")
     net, init = build_classifier(classifier_config("plain", 7, 64, "resnet34"), pretrained=False)
     assert init == "random"
     assert net(torch.randn(2, 3, 64, 64)).shape == (2, 7)
@@ -440,13 +446,10 @@ def test_each_method_trains_one_epoch_and_its_checkpoint_classifies(
     with torch.no_grad():
         expected = torch.softmax(run.net(x), dim=1)
     torch.testing.assert_close(torch.tensor(probabilities), expected, atol=1e-4, rtol=1e-3)
-    png = loaded.explain(pil[0])
-    if method in ("ddrl-am", "pcl"):
-        assert png is not None
-        grey = Image.open(io.BytesIO(png))
-        assert grey.mode == "L" and grey.size == pil[0].size
-    else:
-        assert png is None
+    png = loaded.explain(pil[0])  # every method has a map (defect 7 of issue 8)
+    assert png is not None
+    grey = Image.open(io.BytesIO(png))
+    assert grey.mode == "L" and grey.size == pil[0].size
     if method == "ddrl-am":
         assert any(run.cache.rglob("*_gt*.npz"))
 
@@ -476,7 +479,7 @@ def test_the_workers_classify_call_answers_with_every_method(
             assert result.model == name
             assert sorted(p.label for p in result.predictions) == sorted(UCM_CLASSES)
             assert sum(p.probability for p in result.predictions) == pytest.approx(1.0, abs=1e-5)
-            assert (result.explanation_png is not None) == (method in ("ddrl-am", "pcl"))
+            assert result.explanation_png is not None, method
     finally:
         core.close()
 
@@ -587,3 +590,157 @@ def test_cli_trains_and_evaluates_a_classifier(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0
     assert "choose one of" in str(result.exception)
+
+
+# --------------------------------------------------------------------------- any backbone
+
+
+def _small_ucm(per_class: int = 2) -> LabeledImages:
+    if not (DATA_ROOT / "UCMerced_LandUse" / "Images").is_dir():
+        pytest.skip("no ../shared/data")
+    return limit_per_class(discover_dataset("ucm", DATA_ROOT), per_class, UCM_CLASSES[:2])
+
+
+def test_classifiers_default_to_the_imagenet_backbone_every_install_has() -> None:
+    config = classifier_config("plain", 3, 64)
+    assert config["backbone"] == default_backbone()
+    net, init = build_classifier(config)
+    assert init.startswith("imagenet:")  # EfficientNet-Lite0's file comes with every install
+    assert TrainConfig().resolved_backbone() == default_backbone()
+    assert TrainConfig(backbone="efficientnet_lite0").resolved_image_size() == 224
+    with torch.no_grad():
+        assert net.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", list_backbones())
+@pytest.mark.parametrize("method", ["ddrl-am", "pcl", "lafe", "plain"])
+def test_every_method_trains_and_explains_on_every_backbone(
+    method: str, backbone: str, tmp_path: Path
+) -> None:
+    images = _small_ucm()
+    config = TrainConfig(
+        method=method,
+        backbone=backbone,
+        image_size=64,
+        epochs=1,
+        batch_size=4,
+        train_ratio=0.5,
+        pretrained=False,
+        device="cpu",
+        progress=False,
+        freeze_stages=1,
+    )
+    trained = train_classifier(images, config, tmp_path / "model.pt")
+    assert all(math.isfinite(h["loss"]) for h in trained.history)
+    loaded = load_classifier(tmp_path / "model.pt", "cpu")
+    assert (loaded.method, loaded.backbone) == (method, backbone)
+    # Each backbone's own normalisation travels in the checkpoint.
+    assert loaded.preprocessing == Preprocessing.for_backbone(backbone, 64)
+    pil = Image.open(images.paths[0]).convert("RGB")
+    assert len(loaded.predict([pil])[0]) == 2
+    png = loaded.explain(pil)
+    assert png is not None and Image.open(io.BytesIO(png)).size == pil.size
+
+
+@pytest.mark.slow
+def test_frozen_stages_keep_their_weights_and_batch_norm_statistics() -> None:
+    images = _small_ucm(4)
+    config = TrainConfig(
+        backbone="resnet18",
+        image_size=48,
+        epochs=1,
+        batch_size=4,
+        pretrained=False,
+        device="cpu",
+        progress=False,
+        freeze_stages=2,
+    )
+    trained = train_classifier(images, config)
+    torch.manual_seed(config.seed)  # as the trainer does before building
+    fresh, _ = build_classifier(classifier_config("plain", 2, 48, "resnet18"), pretrained=False)
+    for i, (before, after) in enumerate(
+        zip(fresh.trunk.stages, trained.net.trunk.stages, strict=True)
+    ):
+        same = all(
+            torch.equal(a, b)
+            for a, b in zip(before.state_dict().values(), after.state_dict().values(), strict=True)
+        )
+        assert same == (i < 2), f"stage {i}"
+
+
+# --------------------------------------------------------------------------- issue 8 defects
+
+
+def _save_untrained(path: Path, method: str) -> Path:
+    torch.manual_seed(0)
+    config = classifier_config(method, 3, 64, "resnet18")
+    net, init = build_classifier(config, pretrained=False)
+    prep = Preprocessing.for_backbone("resnet18", 64)
+    state = net.deploy_state_dict()
+    save_checkpoint(
+        Checkpoint(
+            "classifier", net.deploy_config(), prep, list(UCM_CLASSES), state, init, "ucm",
+            fingerprint(state, prep), {"name": f"{method}-x"},
+        ),
+        path,
+    )  # fmt: skip
+    return path
+
+
+def test_the_plain_classifiers_heat_map_reaches_the_service(tmp_path: Path) -> None:
+    """Defect 7: the worker's /classify?explain answered no map for a plain classifier."""
+    import anyio
+    from sqlalchemy import create_engine
+
+    from rsir.settings import get_settings
+    from service.inference import InferenceCore
+    from service.metrics import Metrics
+
+    path = _save_untrained(tmp_path / "plain.pt", "plain")
+    image = Image.open(_small_ucm().paths[0]).convert("RGB")
+    png = load_classifier(path).explain(image)
+    assert png is not None and Image.open(io.BytesIO(png)).size == image.size
+    settings = get_settings(index_dir=tmp_path, classifier_checkpoints=[path], device="cpu")
+    core = InferenceCore(settings, create_engine("sqlite://"), Metrics())
+    core.load()
+    try:
+        result = anyio.run(core.classify, image, "plain-x", 3, True)
+        assert result.explanation_png is not None
+        assert Image.open(io.BytesIO(result.explanation_png)).format == "PNG"
+    finally:
+        core.close()
+
+
+def test_classifier_training_skips_and_counts_an_unreadable_image(tmp_path: Path) -> None:
+    """Defect 9: one unreadable image ended classifier training; the embedder skips and counts
+    it. Now both do: the run finishes and says how many it left out."""
+    _small_ucm()  # skips without the real images
+    root = make_class_folder(tmp_path / "data", 4, tuple(UCM_CLASSES[:2]))
+    (root / UCM_CLASSES[0] / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    images = discover_dataset("folder", root)
+    assert len(images) == 9
+    config = TrainConfig(
+        backbone="resnet18",
+        image_size=32,
+        epochs=1,
+        batch_size=4,
+        train_ratio=0.5,
+        pretrained=False,
+        device="cpu",
+        progress=False,
+    )
+    trained = train_classifier(images, config, tmp_path / "plain.pt")
+    broken = images.paths.index(root / UCM_CLASSES[0] / "broken.jpg")
+    assert trained.bank.unreadable == 1 and not bool(trained.bank.readable[broken])
+    report = score_test_split(
+        trained.net,
+        trained.bank,
+        trained.split,
+        images.class_names,
+        trained.checkpoint.preprocessing,
+        torch.device("cpu"),
+    )
+    skipped = trained.checkpoint.extra["unreadable_train_images"] + report.n_unreadable
+    assert skipped == 1
+    assert report.n_test == len(trained.split.test) - report.n_unreadable
