@@ -52,18 +52,68 @@ def hit_from_row(row: ImageRow, score: float) -> Hit:
     )  # fmt: skip
 
 
+# Ids per `IN (...)` when reading hits' rows: far under PostgreSQL's 65,535 and SQLite's
+# 32,766 parameters per statement, whatever k a caller asks for.
+ROWS_PER_QUERY = 1000
+
+
 def hits_for(engine: Engine, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
     """Join one row of FAISS results with the DB rows, keeping FAISS's order."""
     wanted = [int(i) for i in ids if i >= 0]
     if not wanted:
         return []
+    rows: dict[int, ImageRow] = {}
     with make_sessionmaker(engine)() as session:
-        rows = {r.id: r for r in session.scalars(select(ImageRow).where(ImageRow.id.in_(wanted)))}
+        for start in range(0, len(wanted), ROWS_PER_QUERY):
+            chunk = wanted[start : start + ROWS_PER_QUERY]
+            rows.update(
+                (r.id, r) for r in session.scalars(select(ImageRow).where(ImageRow.id.in_(chunk)))
+            )
     return [
         hit_from_row(rows[int(i)], float(s))
         for s, i in zip(scores, ids, strict=True)
         if int(i) in rows
     ]
+
+
+def label_ids(engine: Engine, label: str, fingerprint: str) -> np.ndarray:
+    """Ids of the images of class `label`, streamed from the DB (no id list goes back to it)."""
+    query = (
+        select(ImageRow.id)
+        .where(ImageRow.label == label, ImageRow.model_fingerprint == fingerprint)
+        .execution_options(yield_per=10_000)
+    )
+    with make_sessionmaker(engine)() as session:
+        return np.fromiter(session.scalars(query), dtype=np.int64)
+
+
+def ranked_hits(
+    store: IndexStore,
+    vector: np.ndarray,
+    k: int,
+    label: str | None = None,
+    exclude: int | None = None,
+) -> list[Hit]:
+    """Top-k hits for one query vector: the one label filter of the CLI and the service.
+
+    With `label`, FAISS ranks only that class's ids (an id selector), so the answer is as exact
+    as the index however rare the class, and no SQL statement grows with the class's size.
+    `exclude` leaves one id out (the query image itself, for "more like this").
+    """
+    selector = None
+    if label is not None:
+        ids = label_ids(store.engine, label, store.fingerprint)
+        if exclude is not None:
+            ids = ids[ids != exclude]
+        if ids.size == 0:
+            return []
+        selector = id_selector(ids)
+    fetch = k + (1 if exclude is not None else 0)
+    scores, found = store.search(
+        np.asarray(vector, dtype=np.float32)[None], fetch, selector=selector
+    )
+    hits = hits_for(store.engine, scores[0], found[0])
+    return [hit for hit in hits if hit.id != exclude][:k]
 
 
 class Searcher:
@@ -106,15 +156,10 @@ class Searcher:
         only tiles whose footprint intersects it (searched with a FAISS id selector: exact)."""
         if bbox is not None:
             return [area_search(self.store, v[None], k, label, bbox) for v in vectors]
-        fetch = k if label is None else max(k * 10, 100)
-        scores, ids = self.store.search(vectors, fetch)
-        results = []
-        for srow, irow in zip(scores, ids, strict=True):
-            hits = hits_for(self.store.engine, srow, irow)
-            if label is not None:
-                hits = [h for h in hits if h.label == label]
-            results.append(hits[:k])
-        return results
+        if label is not None:
+            return [ranked_hits(self.store, v, k, label) for v in vectors]
+        scores, ids = self.store.search(vectors, k)
+        return [hits_for(self.store.engine, s, i) for s, i in zip(scores, ids, strict=True)]
 
     def search_images(
         self,

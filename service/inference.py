@@ -23,7 +23,7 @@ from indexer.area import BBox
 from indexer.db import ImageRow, make_sessionmaker
 from indexer.embedding import EmbeddingModel
 from indexer.pipeline import read_model_file
-from indexer.search import Hit, area_search, hits_for
+from indexer.search import Hit, area_search, hits_for, ranked_hits
 from indexer.store import IndexStore, ModelMismatchError
 from model.checkpoint import Checkpoint, load_embedder
 from model.device import best_device
@@ -43,12 +43,8 @@ from service.sources import SourceCache
 
 log = logging.getLogger(__name__)
 
-# A label filter first fetches this many candidates per wanted hit, then everything (up to a cap).
-LABEL_FETCH_FACTOR = 10
-LABEL_FETCH_CAP = 100_000
-
-
-# A search batch item: (preprocessed image, how many candidates to fetch) -> (vector, scores, ids)
+# A search batch item: (preprocessed image, how many hits to fetch; 0: embed only)
+# -> (vector, scores, ids)
 SearchItem = tuple[torch.Tensor, int]
 SearchOut = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -313,29 +309,12 @@ class InferenceCore:
         model, store, _ = self._ready_search()
         vectors = model.embed_tensors(torch.stack([tensor for tensor, _ in items]))
         fetch = max(k for _, k in items)
+        if fetch == 0:  # label-filtered queries search on their own (ranked_hits)
+            none = np.zeros((len(items), 0))
+            return [(vectors[i], none[i].astype(np.float32), none[i].astype(np.int64))
+                    for i in range(len(items))]  # fmt: skip
         scores, ids = store.search(vectors, fetch)
         return [(vectors[i], scores[i], ids[i]) for i in range(len(items))]
-
-    def _rank(
-        self, vector: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int,
-        label: str | None, exclude: int | None = None,
-    ) -> list[Hit]:  # fmt: skip
-        """DB rows for FAISS ids, label-filtered; widens the search if the filter left too few."""
-        _, store, _ = self._ready_search()
-
-        def pick(s: np.ndarray, i: np.ndarray) -> list[Hit]:
-            hits = hits_for(self.engine, s, i)
-            return [h for h in hits if (label is None or h.label == label) and h.id != exclude]
-
-        hits = pick(scores, ids)
-        if len(hits) < k and len(ids) < min(store.ntotal, LABEL_FETCH_CAP):
-            wider_s, wider_i = store.search(vector[None], min(store.ntotal, LABEL_FETCH_CAP))
-            hits = pick(wider_s[0], wider_i[0])
-        return hits[:k]
-
-    def _fetch(self, k: int, label: str | None, exclude: bool) -> int:
-        fetch = k * LABEL_FETCH_FACTOR if label is not None else k
-        return fetch + (1 if exclude else 0)
 
     async def search(
         self, image: Image.Image, k: int, label: str | None, bbox: BBox | None = None
@@ -344,12 +323,14 @@ class InferenceCore:
         whose footprint intersects `bbox`: a filtered FAISS search over the area's ids)."""
         model, store, batcher = self._ready_search()
         tensor = await anyio.to_thread.run_sync(model.transform, image)
-        fetch = 1 if bbox is not None else self._fetch(k, label, False)
-        vector, scores, ids = await batcher.run((tensor, fetch))
+        filtered = label is not None or bbox is not None
+        vector, scores, ids = await batcher.run((tensor, 0 if filtered else k))
         if bbox is not None:
             hits = await anyio.to_thread.run_sync(area_search, store, vector[None], k, label, bbox)
+        elif label is not None:
+            hits = await anyio.to_thread.run_sync(ranked_hits, store, vector, k, label)
         else:
-            hits = await anyio.to_thread.run_sync(self._rank, vector, scores, ids, k, label)
+            hits = await anyio.to_thread.run_sync(hits_for, self.engine, scores[:k], ids[:k])
         assert self.checkpoint is not None
         return SearchResult(hits, self.checkpoint.fingerprint)
 
@@ -361,12 +342,8 @@ class InferenceCore:
             image = await anyio.to_thread.run_sync(self._indexed_image, image_id)
             model, _, batcher = self._ready_search()
             tensor = await anyio.to_thread.run_sync(model.transform, image)
-            vector, _, _ = await batcher.run((tensor, 1))
-        fetch = self._fetch(k, label, True)
-        scores, ids = await anyio.to_thread.run_sync(store.search, vector[None], fetch)
-        hits = await anyio.to_thread.run_sync(
-            self._rank, vector, scores[0], ids[0], k, label, image_id
-        )
+            vector, _, _ = await batcher.run((tensor, 0))
+        hits = await anyio.to_thread.run_sync(ranked_hits, store, vector, k, label, image_id)
         assert self.checkpoint is not None
         return SearchResult(hits, self.checkpoint.fingerprint)
 
