@@ -2,7 +2,7 @@
 
 A label's ids go to FAISS as an id selector, never into one SQL `IN (...)`: PostgreSQL refuses
 more than 65,535 parameters in a statement and SQLite 32,766, which a label of a large index
-passes. Vectors are random (32-d), the rows are real rows of a real store in a real DB.
+passes. Vectors are random (512-d), the rows are real rows of a real store in a real DB.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 N_ROWS = 100_000
 N_RARE = 5
-DIM = 32
+DIM = 512  # the embedder's (ResNet-18) descriptor size: the service opens the index with it
 K = 10
 
 
