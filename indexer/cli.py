@@ -47,6 +47,7 @@ def index(
     ] = 0.5,
 ) -> None:
     """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume)."""
+    from indexer.db import SchemaOutOfDateError
     from indexer.pipeline import index_source
     from indexer.scenes import SceneError, TileOptions, parse_bands
     from indexer.store import IndexTrainingError, ModelMismatchError
@@ -81,7 +82,13 @@ def index(
                 tiles=tiles,
                 progress=progress,
             )
-    except (ModelMismatchError, IndexTrainingError, FileNotFoundError, ValueError) as exc:
+    except (
+        ModelMismatchError,
+        IndexTrainingError,
+        SchemaOutOfDateError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
         raise _fail(str(exc)) from None
     typer.echo(
         f"listed {summary.listed}, added {summary.added}, already indexed "

@@ -209,3 +209,47 @@ def upgrade_db(url: str, revision: str = "head") -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     command.upgrade(config, revision)
+
+
+class SchemaOutOfDateError(RuntimeError):
+    """A server DB (PostgreSQL) whose schema is not at the code's migration head."""
+
+
+def is_embedded(url: str) -> bool:
+    """The embedded default (SQLite) is migrated automatically; server DBs by `rsir db upgrade`."""
+    return url.startswith("sqlite")
+
+
+def schema_problem(engine: Engine) -> str | None:
+    """None when the DB is at the newest migration, else what to run."""
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    heads = set(ScriptDirectory.from_config(config).get_heads())
+    with engine.connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+    if current != heads:
+        return (
+            f"metadata DB schema is at {sorted(current) or 'nothing'}, code needs {sorted(heads)}:"
+            " run `rsir db upgrade`"
+        )
+    return None
+
+
+def prepare_schema(url: str) -> None:
+    """The one migration policy: SQLite (embedded default) is upgraded here; a server DB is
+    only checked, since its migrations run in one place (`rsir db upgrade`, the API image's
+    entry point) and never concurrently from every indexing run."""
+    if is_embedded(url):
+        upgrade_db(url)
+        return
+    engine = make_engine(url)
+    try:
+        problem = schema_problem(engine)
+    finally:
+        engine.dispose()
+    if problem:
+        raise SchemaOutOfDateError(problem)

@@ -20,7 +20,7 @@ import torch
 from sqlalchemy import select
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.db import ImageRow, SceneRow, make_engine, make_sessionmaker, upgrade_db
+from indexer.db import ImageRow, SceneRow, make_engine, make_sessionmaker, prepare_schema
 from indexer.embedding import EmbeddingModel
 from indexer.scenes import TileOptions, TileSkipped, describe_scene, open_scene
 from indexer.sources import Entry, SourceReader, canonical_source, list_entries, source_kind
@@ -148,7 +148,7 @@ def index_source(
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     url = db_url or sqlite_url_for(index_dir)
-    upgrade_db(url)
+    prepare_schema(url)
     engine = make_engine(url)
     net, ckpt = load_embedder(checkpoint_path)
     model = EmbeddingModel(net, ckpt.preprocessing, best_device(device))

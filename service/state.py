@@ -8,11 +8,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
-from indexer.db import MIGRATIONS_DIR, make_engine, upgrade_db
+from indexer.db import is_embedded, make_engine, schema_problem, upgrade_db
 from rsir.settings import Settings
 from service.backend import Backend, LocalBackend, RemoteBackend
 from service.jobs import JobStore
@@ -23,27 +21,10 @@ from service.sources import SourceCache
 log = logging.getLogger(__name__)
 
 
-def schema_problem(engine: Engine) -> str | None:
-    """None when the DB is at the newest migration, else what to run."""
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    heads = set(ScriptDirectory.from_config(config).get_heads())
-    with engine.connect() as connection:
-        current = set(MigrationContext.configure(connection).get_current_heads())
-    if current != heads:
-        return (
-            f"metadata DB schema is at {sorted(current) or 'nothing'}, code needs {sorted(heads)}:"
-            " run `rsir db upgrade`"
-        )
-    return None
-
-
 def prepare_db(settings: Settings) -> tuple[Engine, str | None]:
     """Engine for the metadata DB; SQLite (embedded default) is migrated here, others checked."""
     url = settings.resolved_db_url()
-    if url.startswith("sqlite"):
+    if is_embedded(url):
         upgrade_db(url)
     engine = make_engine(url)
     try:

@@ -1,10 +1,24 @@
-"""The metadata DB's own types: timestamps come back timezone-aware on SQLite and PostgreSQL."""
+"""The metadata DB: timestamps come back timezone-aware, and one migration policy."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
-from indexer.db import ImageRow, IndexVersionRow, make_engine, make_sessionmaker, upgrade_db
+import pytest
+from sqlalchemy import inspect
+
+from indexer.db import (
+    ImageRow,
+    IndexVersionRow,
+    SchemaOutOfDateError,
+    make_engine,
+    make_sessionmaker,
+    upgrade_db,
+)
+from indexer.pipeline import index_source
+from tests.conftest import ucm_files
 
 
 def test_created_at_keeps_its_time_zone(db_url: str) -> None:
@@ -32,3 +46,27 @@ def test_created_at_keeps_its_time_zone(db_url: str) -> None:
     assert image.created_at.utcoffset() == timedelta(0)  # stored and read back as UTC
     assert version.created_at.tzinfo is not None
     assert abs(version.created_at - datetime.now(UTC)) < timedelta(minutes=5)
+
+
+def test_only_the_embedded_sqlite_db_is_migrated_by_an_index_run(
+    db_url: str, tmp_path: Path, other_checkpoint: Path
+) -> None:
+    """One migration policy: SQLite (embedded) is upgraded on the spot; a PostgreSQL DB that
+    is behind is refused with the command to run, and left as it was."""
+    folder = tmp_path / "images" / "beach"
+    folder.mkdir(parents=True)
+    for src in ucm_files("beach", 2):
+        shutil.copy(src, folder / src.name)
+    run = {
+        "checkpoint_path": other_checkpoint, "index_dir": tmp_path / "index", "db_url": db_url,
+        "num_workers": 0, "device": "cpu",
+    }  # fmt: skip
+    if db_url.startswith("postgresql"):
+        with pytest.raises(SchemaOutOfDateError, match="rsir db upgrade"):
+            index_source(tmp_path / "images", **run)  # type: ignore[arg-type]
+        engine = make_engine(db_url)
+        assert not inspect(engine).get_table_names()  # nothing was created
+        engine.dispose()
+        upgrade_db(db_url)
+    summary = index_source(tmp_path / "images", **run)  # type: ignore[arg-type]
+    assert summary.added == 2
