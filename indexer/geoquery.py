@@ -25,7 +25,6 @@ from indexer.scenes import (
     Stretch,
     UnknownSceneError,
     bands_to_rgb,
-    default_bands,
     gdal_env,
     is_georeferenced,
     open_scene,
@@ -98,9 +97,7 @@ def decode_query(data: bytes, engine: Engine, max_pixels: int) -> Image.Image:
                     f"{max_pixels}"
                 )
             scene = _matching_scene(engine, dataset)
-            if scene is None or (
-                scene.stretch is None and scene_bands(scene) == default_bands(dataset.count)
-            ):
+            if scene is None:
                 return decode_image(data, max_pixels)
             whole = Window(0, 0, dataset.width, dataset.height)
             pixels, _ = read_window(
