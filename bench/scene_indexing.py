@@ -18,6 +18,7 @@ machine's CPU budget for a benchmark; the bound shows between any two sizes)
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -179,9 +180,10 @@ def main() -> None:
         "runs": runs,
         "peak_rss_ratio_large_to_small": peak(large) / peak(small),
         "pixels_ratio_large_to_small": (large["side"] / small["side"]) ** 2,
-        "peak_rss_growth_kib_per_tile": (peak(large) - peak(small))
-        * 1024
-        / max(1, large["tiles_added"] - small["tiles_added"]),
+        "peak_rss_growth_kib_per_tile": [  # between consecutive sizes
+            (peak(b) - peak(a)) * 1024 / max(1, b["tiles_added"] - a["tiles_added"])
+            for a, b in itertools.pairwise(runs)
+        ],
         "machine": machine_info(),
         "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
     }
@@ -222,8 +224,8 @@ def main() -> None:
             "'decoded size' column, before any tile was cut). What still grows is per tile, not "
             "per pixel: the FAISS index held in memory (a 512-float vector, 2 KiB, a tile), the "
             "tile-name list and allocator slack, "
-            f"{figures['peak_rss_growth_kib_per_tile']:.1f} KiB a tile between the smallest and "
-            "the largest run.",
+            + ", then ".join(f"{g:.1f}" for g in figures["peak_rss_growth_kib_per_tile"])
+            + " KiB per added tile from one size to the next.",
             "",
         ]
     )
