@@ -19,6 +19,8 @@ from sqlalchemy import Engine, select
 
 from indexer.db import ImageRow, make_sessionmaker
 
+EDGE_ROWS_PER_QUERY = 1000  # ids per IN (...): far under PostgreSQL's and SQLite's limits
+
 
 class AreaError(ValueError):
     """A malformed or impossible bounding box."""
@@ -75,10 +77,13 @@ def ids_in_bbox(
     inside = [r.id for r in rows if _box_within(r, bbox)]
     edge = [r.id for r in rows if not _box_within(r, bbox)]
     if edge:
+        footprints: list[Any] = []
         with make_sessionmaker(engine)() as session:
-            footprints = session.execute(
-                select(ImageRow.id, ImageRow.footprint).where(ImageRow.id.in_(edge))
-            ).all()
+            for start in range(0, len(edge), EDGE_ROWS_PER_QUERY):  # bounded IN (...) lists
+                chunk = edge[start : start + EDGE_ROWS_PER_QUERY]
+                footprints += session.execute(
+                    select(ImageRow.id, ImageRow.footprint).where(ImageRow.id.in_(chunk))
+                ).all()
         polygons = shapely.from_geojson([json.dumps(f) for _, f in footprints])
         hit = shapely.intersects(polygons, shapely.box(*bbox.as_list()))
         inside += [i for (i, _), ok in zip(footprints, hit, strict=True) if ok]
