@@ -190,6 +190,10 @@ async def test_job_survives_a_killed_worker(world: World, tmp_path: Path) -> Non
             response = await api.post("/search", files=files, data={"k": 2})
             assert response.status_code == 200, response.text
             assert response.json()["hits"][0]["score"] > 0.99
+            assert response.json()["hits"][0]["footprint"] is None  # plain images: no place
+            # The area filter crosses to the worker: no indexed tile lies in this box.
+            area = await api.post("/search", files=files, data={"k": 2, "bbox": "0,0,1,1"})
+            assert area.status_code == 200 and area.json()["hits"] == [], area.text
             assert (await api.get("/ready")).status_code == 200
             names = {m["name"] for m in (await api.get("/models")).json()["models"]}
             assert names == {"embedder-r18", "plain-test", "pcl-test"}
