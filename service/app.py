@@ -16,6 +16,7 @@ from rsir.settings import Settings
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.openapi import install_error_responses
 from service.routes import classify, images, jobs, ops, scenes, search
 from service.security import validate_api_key_setting
 from service.state import AppState
@@ -70,6 +71,7 @@ def create_app(
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     add_error_handlers(app)
+    install_error_responses(app)
     for module in (ops, search, images, classify, jobs, scenes):
         app.include_router(module.router)
     if importlib.util.find_spec("service.web") is not None:  # the web page, when it is there
