@@ -81,3 +81,29 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno == errno.ENAMETOOLONG:
         return "name too long"
     return os.strerror(exc.errno) if exc.errno else type(exc).__name__
+
+
+def public_path(path: str, root: Path) -> str:
+    """A server path as public answers show it: relative to `root` (the data root), or only
+    its last part when it lies elsewhere, so no answer tells the server's layout."""
+    if not path:
+        return path
+    candidate = Path(path)
+    if not candidate.is_absolute():
+        return path
+    try:
+        return candidate.relative_to(Path(root).resolve()).as_posix() or "."
+    except ValueError:
+        return candidate.name
+
+
+def public_text(text: str | None, roots: list[Path]) -> str | None:
+    """A one-line reason for clients: the first line, with server folders made relative.
+    (Tracebacks stay in the log.)"""
+    if not text:
+        return text
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    for root in roots:
+        for prefix in {str(Path(root).resolve()), str(root)}:
+            line = line.replace(prefix.rstrip("/") + "/", "").replace(prefix, ".")
+    return line

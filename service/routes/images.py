@@ -15,6 +15,7 @@ from model.imageio import ImageDecodeError, decode_image
 from service.deps import ApiKeyDep, BackendDep, RowId, SettingsDep, StateDep
 from service.errors import NotFoundError, ServiceError
 from service.schemas import ImageOut
+from service.security import public_path
 from service.uploads import sniff_image_type
 
 router = APIRouter(tags=["images"])
@@ -59,7 +60,7 @@ def image_info(request: Request, state: StateDep, image_id: ImageId) -> ImageOut
     row = _row(state, image_id)
     return ImageOut(
         id=row.id,
-        source=row.source,
+        source=public_path(row.source, state.settings.data_root),
         path=row.path,
         label=row.label,
         width=row.width,

@@ -27,7 +27,7 @@ from service.schemas import (
     IndexJobOut,
     IndexJobRequest,
 )
-from service.security import resolve_inside
+from service.security import public_path, public_text, resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,17 @@ JobId = RowId
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
+def _public_roots(request: Request) -> list[FsPath]:
+    settings = request.app.state.rsir.settings
+    return [FsPath(settings.data_root), FsPath(settings.index_dir)]
+
+
 def _common(request: Request, row: JobRow, route: str) -> dict[str, Any]:
+    """What every job shows; server paths relative to the data root, errors one line."""
+    roots = _public_roots(request)
+    results = row.results
+    if results and isinstance(results.get("source"), str):
+        results = {**results, "source": public_path(results["source"], roots[0])}
     return {
         "id": row.id,
         "kind": row.kind,
@@ -47,8 +57,8 @@ def _common(request: Request, row: JobRow, route: str) -> dict[str, Any]:
         "created_at": row.created_at,
         "started_at": row.started_at,
         "finished_at": row.finished_at,
-        "results": row.results,
-        "error": row.error,
+        "results": results,
+        "error": public_text(row.error, roots),
         "url": request.url_for(route, job_id=row.id).path,
     }
 
@@ -61,7 +71,7 @@ def evaluation_out(request: Request, row: JobRow) -> EvaluationOut:
         dataset=params.get("dataset", ""),
         protocol=params.get("protocol", "split"),
         model=params.get("model"),
-        root=params.get("root", ""),
+        root=public_path(params.get("root", ""), _public_roots(request)[0]),
         pr_curve_url=request.url_for("evaluation_pr_curve", job_id=row.id).path if done else None,
     )
 
@@ -69,7 +79,7 @@ def evaluation_out(request: Request, row: JobRow) -> EvaluationOut:
 def index_job_out(request: Request, row: JobRow) -> IndexJobOut:
     return IndexJobOut(
         **_common(request, row, "get_index_job"),
-        source=row.params.get("source", ""),
+        source=public_path(row.params.get("source", ""), _public_roots(request)[0]),
         factory=row.params.get("factory"),
     )
 

@@ -25,6 +25,7 @@ from service.deps import BackendDep, CheckedImage, ImageDep, OptionalImageDep, R
 from service.errors import NotFoundError, ServiceError, parse_area
 from service.inference import SearchResult
 from service.schemas import HitOut, SearchResponse
+from service.security import public_path
 
 router = APIRouter(tags=["search"])
 
@@ -40,7 +41,7 @@ def search_response(
             id=hit.id,
             score=hit.score,
             label=hit.label,
-            source=hit.source,
+            source=public_path(hit.source, request.app.state.rsir.settings.data_root),
             path=hit.path,
             thumbnail_url=str(request.url_for("image_thumbnail", image_id=hit.id).path),
             file_url=str(request.url_for("image_file", image_id=hit.id).path),
