@@ -179,7 +179,7 @@ class IndexStore:
         index_dir.mkdir(parents=True, exist_ok=True)
         lock_fd = None
         if writable:
-            lock_fd = os.open(index_dir / ".write.lock", os.O_CREAT | os.O_RDWR)
+            lock_fd = os.open(index_dir / ".write.lock", os.O_CREAT | os.O_RDWR, 0o644)  # not 0755
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

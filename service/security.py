@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hmac
+import ipaddress
 import os
 from pathlib import Path
 
@@ -28,6 +29,21 @@ def validate_api_key_setting(key: str | None) -> None:
         raise ValueError(
             f"RSIR_API_KEY must be a real secret of at least {MIN_KEY_LENGTH} characters "
             "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`)"
+        )
+
+
+def check_internal_exposure(key: str | None, host: str) -> None:
+    """The worker's internal API deletes images: without a key it may listen on loopback only."""
+    if key is not None:
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: cannot tell, so refuse
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"the worker's internal API would listen on {host} without a key: set RSIR_API_KEY "
+            "(the API sends it) or bind RSIR_WORKER_HOST to 127.0.0.1"
         )
 
 

@@ -31,7 +31,7 @@ from service.jobs import JobStore
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.runtime import WorkerRuntime
-from service.security import check_api_key, validate_api_key_setting
+from service.security import check_api_key, check_internal_exposure, validate_api_key_setting
 from service.state import db_ok, prepare_db
 from service.uploads import check_and_decode
 
@@ -186,6 +186,7 @@ def create_worker_app(settings: Settings | None = None, *, poll_seconds: float =
     """The worker process's app: internal query API + job loop, loaded in the lifespan."""
     settings = settings or Settings()
     validate_api_key_setting(settings.api_key)
+    check_internal_exposure(settings.api_key, settings.worker_host)
     metrics = Metrics()
 
     @asynccontextmanager

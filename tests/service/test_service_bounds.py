@@ -104,3 +104,26 @@ async def test_a_negative_or_huge_seed_is_refused_before_queuing(
             headers=key,
         )
         assert response.status_code == 422, (seed, response.text)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "worker.internal"])
+def test_a_worker_without_a_key_refuses_to_listen_beyond_loopback(world: World, host: str) -> None:
+    from service.worker import create_worker_app
+
+    with pytest.raises(ValueError, match="RSIR_API_KEY"):
+        create_worker_app(world.settings(api_key=None, worker_host=host))
+    create_worker_app(world.settings(api_key=None, worker_host="127.0.0.1"))  # loopback: fine
+    create_worker_app(world.settings(worker_host=host))  # with a key: fine
+
+
+def test_the_index_lock_file_is_not_executable(tmp_path: Path) -> None:
+    from indexer.db import make_engine, upgrade_db
+    from indexer.store import IndexStore
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade_db(url)
+    engine = make_engine(url)
+    with IndexStore.open(tmp_path / "index", engine, "fp", 8, writable=True):
+        mode = (tmp_path / "index" / ".write.lock").stat().st_mode
+    engine.dispose()
+    assert mode & 0o111 == 0, oct(mode)
