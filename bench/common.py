@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
+# RSIR_BENCH_RESULTS: another folder (bench/gpu.sh keeps GPU reports apart from the CPU ones).
+RESULTS = Path(os.environ.get("RSIR_BENCH_RESULTS", REPO / "bench" / "results"))
 DATA_ROOT = Path(os.environ.get("RSIR_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -22,6 +23,7 @@ from bench.common import DATA_ROOT, write_report
 from indexer.pipeline import index_source
 from model.checkpoint import embedder_checkpoint, save_checkpoint
 from model.datasets import discover_dataset
+from model.device import best_device
 from model.embedder import EmbedderConfig, build_embedder
 from model.imageio import read_image
 from model.machine import machine_info
@@ -33,13 +35,17 @@ def bare_forward(ckpt_path: Path, paths: list[Path], image_size: int, batch_size
     from model.checkpoint import load_embedder
 
     net, ckpt = load_embedder(ckpt_path)
+    device = best_device(os.environ.get("RSIR_DEVICE", "auto"))  # the pipeline's device
+    net = net.to(device)
     transform = ckpt.preprocessing.eval_transform()
     tensors = torch.stack([transform(read_image(p)) for p in paths])
     with torch.inference_mode():
-        net(tensors[:batch_size])  # warm-up
+        net(tensors[:batch_size].to(device))  # warm-up
         started = time.perf_counter()
         for start in range(0, len(tensors), batch_size):
-            net(tensors[start : start + batch_size])
+            net(tensors[start : start + batch_size].to(device))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return len(tensors) / (time.perf_counter() - started)
 
 

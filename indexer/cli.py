@@ -77,6 +77,7 @@ def index(
                 batch_size=settings.batch_size,
                 num_workers=settings.num_workers,
                 device=settings.device,
+                runtime=settings.runtime,
                 max_pixels=settings.max_pixels,
                 commit_every=commit_every,
                 tiles=tiles,
@@ -148,7 +149,11 @@ def search(
     try:
         area = BBox.parse(bbox) if bbox else None
         searcher = Searcher.open(
-            settings.index_dir, checkpoint or None, settings.resolved_db_url(), settings.device
+            settings.index_dir,
+            checkpoint or None,
+            settings.resolved_db_url(),
+            settings.device,
+            settings.runtime,
         )
         engine = searcher.store.engine
         if image is not None:
@@ -206,6 +211,7 @@ def evaluate(
                 batch_size=settings.batch_size,
                 num_workers=settings.num_workers,
                 device=settings.device,
+                runtime=settings.runtime,
                 progress=progress,
             )
     except (FileNotFoundError, ValueError) as exc:

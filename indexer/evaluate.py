@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from indexer.embedding import EmbeddingModel
+from indexer.embedding import EmbeddingModel, load_embedding_model
 from indexer.plots import plot_pr_curves
-from model.checkpoint import Checkpoint, load_embedder
+from model.checkpoint import Checkpoint
 from model.datasets import (
     UNREADABLE,
     ImageFolderDataset,
@@ -30,7 +30,6 @@ from model.datasets import (
     save_split,
     stratified_split,
 )
-from model.device import best_device
 from model.imageio import ImageDecodeError
 from model.machine import machine_info
 from model.metrics import DEFAULT_KS, RetrievalMetrics, evaluate_rankings
@@ -175,6 +174,7 @@ def evaluate_retrieval(
     batch_size: int = 32,
     num_workers: int = 2,
     device: str = "auto",
+    runtime: str = "auto",
     cache_dir: Path | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
@@ -184,8 +184,7 @@ def evaluate_retrieval(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
-    net, ckpt = load_embedder(checkpoint_path)
-    model = EmbeddingModel(net, ckpt.preprocessing, best_device(device))
+    model, ckpt = load_embedding_model(checkpoint_path, device, runtime)
     images = load_eval_images(dataset, root, per_class)
     seed = int(ckpt.extra.get("split_seed", 0)) if seed is None else seed
     train_fraction = (
@@ -197,7 +196,13 @@ def evaluate_retrieval(
     save_split(split, images, out_dir / "split.json")
 
     vectors, readable = embed_paths(
-        model, images, batch_size, num_workers, progress, cache_dir, ckpt.fingerprint
+        model,
+        images,
+        batch_size,
+        num_workers,
+        progress,
+        cache_dir,
+        f"{ckpt.fingerprint}-{model.runtime}",
     )
     labels = np.asarray(images.labels)
     if not readable.any():

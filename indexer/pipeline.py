@@ -21,12 +21,10 @@ from sqlalchemy import select
 from torch.utils.data import DataLoader, Dataset
 
 from indexer.db import ImageRow, SceneRow, make_engine, make_sessionmaker, prepare_schema
-from indexer.embedding import EmbeddingModel
+from indexer.embedding import EmbeddingModel, load_embedding_model
 from indexer.scenes import TileOptions, TileSkipped, describe_scene, open_scene
 from indexer.sources import Entry, SourceReader, canonical_source, list_entries, source_kind
 from indexer.store import IndexStore
-from model.checkpoint import load_embedder
-from model.device import best_device
 from model.imageio import DEFAULT_MAX_PIXELS, decode_image, max_file_bytes
 from rsir.settings import sqlite_url_for
 
@@ -135,6 +133,7 @@ def index_source(
     commit_every: int = 2048,
     train_size: int = 65536,
     device: str = "auto",
+    runtime: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     tiles: TileOptions | None = None,
     progress: ProgressFn | None = None,
@@ -150,8 +149,7 @@ def index_source(
     url = db_url or sqlite_url_for(index_dir)
     prepare_schema(url)
     engine = make_engine(url)
-    net, ckpt = load_embedder(checkpoint_path)
-    model = EmbeddingModel(net, ckpt.preprocessing, best_device(device))
+    model, ckpt = load_embedding_model(checkpoint_path, device, runtime)
     summary = IndexSummary(source=canonical)
     try:
         with IndexStore.open(
@@ -237,6 +235,7 @@ def _embed_and_add(
         num_workers=num_workers,
         collate_fn=_collate,
         persistent_workers=False,
+        pin_memory=model.pin_memory,
         prefetch_factor=4 if num_workers else None,
     )
     pending_rows: list[ImageRow] = []

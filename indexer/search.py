@@ -12,11 +12,10 @@ from sqlalchemy import Engine, select
 
 from indexer.area import BBox, id_selector, ids_in_bbox
 from indexer.db import ImageRow, make_engine, make_sessionmaker
-from indexer.embedding import EmbeddingModel
+from indexer.embedding import EmbeddingModel, load_embedding_model
 from indexer.pipeline import read_model_file
 from indexer.store import IndexStore
-from model.checkpoint import Checkpoint, load_embedder
-from model.device import best_device
+from model.checkpoint import Checkpoint
 from rsir.settings import sqlite_url_for
 
 
@@ -136,6 +135,7 @@ class Searcher:
         checkpoint_path: Path | None = None,
         db_url: str | None = None,
         device: str = "auto",
+        runtime: str = "auto",
     ) -> Searcher:
         """Load the index of `index_dir` and the model that made it (or refuse another one)."""
         index_dir = Path(index_dir)
@@ -145,9 +145,9 @@ class Searcher:
                 raise FileNotFoundError(f"no index in {index_dir}: run `rsir index` first")
             checkpoint_path = Path(recorded["checkpoint"])
         url = db_url or sqlite_url_for(index_dir)
-        net, ckpt = load_embedder(checkpoint_path)
+        model, ckpt = load_embedding_model(checkpoint_path, device, runtime)
         store = IndexStore.open(index_dir, make_engine(url), fingerprint=ckpt.fingerprint)
-        return cls(EmbeddingModel(net, ckpt.preprocessing, best_device(device)), ckpt, store)
+        return cls(model, ckpt, store)
 
     def search_vectors(
         self, vectors: np.ndarray, k: int = 10, label: str | None = None, bbox: BBox | None = None

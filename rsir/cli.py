@@ -7,6 +7,7 @@ import typer
 from indexer.cli import app as indexer_app
 from model.classifier_cli import app as classifier_app
 from model.cli import app as model_app
+from model.export_cli import app as export_app
 from rsir.logs import configure_logging
 from rsir.settings import get_settings
 from service.cli import app as service_app
@@ -17,7 +18,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for sub in (model_app, indexer_app, classifier_app, service_app):
+for sub in (model_app, indexer_app, classifier_app, service_app, export_app):
     app.registered_commands.extend(sub.registered_commands)
     app.registered_groups.extend(sub.registered_groups)
 

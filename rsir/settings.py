@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     batch_size: int = Field(default=32, ge=1)
     num_workers: int = Field(default=2, ge=0, description="DataLoader decoding processes.")
+    runtime: Literal["auto", "torch", "onnx", "openvino"] = Field(
+        default="auto",
+        description="Embedder runtime (rsir export makes the others); auto: the fastest export "
+        "that passed its parity check, else torch. Unusable ones fall back to torch, logged.",
+    )
 
     # Service
     host: str = "127.0.0.1"

@@ -21,11 +21,11 @@ from sqlalchemy import Engine
 
 from indexer.area import BBox
 from indexer.db import ImageRow, make_sessionmaker
-from indexer.embedding import EmbeddingModel
+from indexer.embedding import EmbeddingModel, load_embedding_model
 from indexer.pipeline import read_model_file
 from indexer.search import Hit, area_search, hits_for, ranked_hits
 from indexer.store import IndexStore, ModelMismatchError
-from model.checkpoint import Checkpoint, load_embedder
+from model.checkpoint import Checkpoint
 from model.device import best_device
 from model.imageio import decode_image
 from rsir.settings import Settings
@@ -169,12 +169,14 @@ class InferenceCore:
             )
             return
         try:
-            net, ckpt = load_embedder(Path(path))
+            model, ckpt = load_embedding_model(
+                Path(path), self.settings.device, self.settings.runtime
+            )
         except Exception as exc:
             log.exception("cannot load embedder %s", path)
             self.problems.append(f"embedder {path}: {exc}")
             return
-        self.model = EmbeddingModel(net, ckpt.preprocessing, self.device)
+        self.model = model
         self.checkpoint = ckpt
         self.checkpoint_path = Path(path).resolve()
         self.embedder_name = Path(path).stem
@@ -188,7 +190,13 @@ class InferenceCore:
         self.search_batcher.start()
         batcher = self.search_batcher
         self.metrics.track_queue("search", lambda: batcher.depth)
-        log.info("embedder %s (%s) on %s", self.embedder_name, ckpt.fingerprint, self.device)
+        log.info(
+            "embedder %s (%s) on %s, runtime %s",
+            self.embedder_name,
+            ckpt.fingerprint,
+            self.device,
+            model.runtime,
+        )
 
     def _load_index(self) -> None:
         if self.model is None or self.checkpoint is None:

@@ -50,6 +50,7 @@ def make_handlers(settings: Settings, core: InferenceCore) -> dict[str, Handler]
             batch_size=settings.batch_size,
             num_workers=settings.num_workers,
             device=settings.device,
+            runtime=settings.runtime,
             cache_dir=Path(settings.index_dir) / "cache",
             progress=ctx.report,
         )
@@ -71,6 +72,7 @@ def make_handlers(settings: Settings, core: InferenceCore) -> dict[str, Handler]
             batch_size=settings.batch_size,
             num_workers=settings.num_workers,
             device=settings.device,
+            runtime=settings.runtime,
             max_pixels=settings.max_pixels,
             tiles=tile_options(params.get("tiles")),
             progress=ctx.report,

@@ -1,0 +1,308 @@
+"""`rsir export`: a checkpoint's whole network as an ONNX Runtime or OpenVINO model, fp32 or int8.
+
+Why: depthwise convolutions (EfficientNet-Lite, the default embedder) are slow in torch's CPU
+path and fast in these runtimes. What is exported is what torch serves: for an embedder the
+trunk, dual attention, pooling and L2 normalisation (unit descriptors out); for a classifier its
+deployed network and the softmax (class probabilities out). Batch size is free, image size is
+the checkpoint's. int8 is post-training static quantization (ONNX Runtime's QDQ format, per
+channel, calibrated on real images); OpenVINO runs the same QDQ graph as int8.
+
+Every export is checked against torch on real images before it is recorded; the record (JSON
+beside the model) holds the checkpoint fingerprint it is bound to, the parity figures, the
+speed of both in the same run and the file's SHA-256 (model/runtimes.py states the rule).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.checkpoint import Checkpoint, load_checkpoint, load_embedder
+from model.cores import available_cores
+from model.datasets import _is_image
+from model.imageio import ImageDecodeError, read_image
+from model.runtimes import (
+    EXPORT_RUNTIMES,
+    PARITY_THRESHOLDS,
+    ExportRecord,
+    exports_dir,
+    files_sha256,
+    model_files,
+    open_runner,
+)
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_IMAGES = 300
+PARITY_IMAGES = 64
+SPEED_BATCH = 32
+OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """The checkpoint cannot be exported as asked; the message says why."""
+
+
+class _Probabilities(nn.Module):
+    """A classifier's deployed network followed by its softmax, as the service answers."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(images), dim=1)
+
+
+def torch_network(ckpt: Checkpoint, path: Path) -> nn.Module:
+    """The eval-mode torch module whose outputs the export must reproduce."""
+    if ckpt.kind == "embedder":
+        embedder, _ = load_embedder(path)
+        return embedder
+    if ckpt.kind != "classifier":
+        raise ExportError(f"{path} holds a {ckpt.kind!r} checkpoint; nothing to export")
+    method = str(ckpt.config.get("method"))
+    if method == "ddrl-am":
+        raise ExportError(
+            "DDRL-AM cannot be exported: its forward pass computes a Grad-CAM map, i.e. a "
+            "backward pass through its attention network, and an inference graph has no "
+            "autograd. Serve it with torch."
+        )
+    from model.classifiers.registry import build_deployed
+
+    net = build_deployed(ckpt.config)
+    net.load_state_dict(ckpt.state_dict)
+    return _Probabilities(net).eval()
+
+
+def image_files(folder: Path, count: int, offset: float = 0.0) -> list[Path]:
+    """`count` images spread evenly over the sorted files below `folder` (so every class folder
+    contributes); `offset` in [0, 1) shifts the picks, so parity images differ from the
+    calibration ones."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and _is_image(p))
+    if not files:
+        raise ExportError(f"no images below {folder}")
+    if len(files) <= count:
+        return files
+    step = len(files) / count
+    return [files[min(len(files) - 1, int((i + offset) * step))] for i in range(count)]
+
+
+def load_batch(ckpt: Checkpoint, paths: Sequence[Path]) -> torch.Tensor:
+    """Decode and preprocess images as the service does; unreadable files are skipped."""
+    transform = ckpt.preprocessing.eval_transform()
+    tensors = []
+    for path in paths:
+        try:
+            tensors.append(transform(read_image(path)))
+        except (ImageDecodeError, OSError) as exc:
+            log.warning("skipped %s: %s", path, exc)
+    if not tensors:
+        raise ExportError("none of the images could be decoded")
+    return torch.stack(tensors)
+
+
+def export_onnx(net: nn.Module, image_size: int, path: Path) -> None:
+    """torch.export-based ONNX export with a free batch axis, weights inside the one file."""
+    example = torch.randn(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            net,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["outputs"],
+            dynamic_shapes={"images": {0: batch}},
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+
+
+class _Calibration:
+    """ONNX Runtime's calibration reader over preprocessed real images, a few at a time."""
+
+    def __init__(self, images: torch.Tensor, input_name: str, batch: int = 8) -> None:
+        self._batches: Iterator[dict[str, np.ndarray]] = (
+            {input_name: images[i : i + batch].numpy()} for i in range(0, len(images), batch)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: torch.Tensor) -> None:
+    """Static int8 (QDQ, per-channel weights, min-max activations) calibrated on real images."""
+    quantization = importlib.import_module("onnxruntime.quantization")
+    shape_inference = importlib.import_module("onnxruntime.quantization.shape_inference")
+    prepared = int8_path.with_name(int8_path.stem + ".prep.onnx")
+    shape_inference.quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    try:
+        quantization.quantize_static(
+            str(prepared),
+            str(int8_path),
+            _Calibration(calibration, "images"),
+            quant_format=quantization.QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=quantization.QuantType.QInt8,
+            weight_type=quantization.QuantType.QInt8,
+            op_types_to_quantize=["Conv"],
+            calibrate_method=quantization.CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def to_openvino(onnx_path: Path, xml_path: Path) -> None:
+    """OpenVINO IR (.xml + .bin) of an ONNX model; weights stay fp32 (int8 comes from QDQ)."""
+    ov = importlib.import_module("openvino")
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+
+
+def images_per_s(run: Any, batch: Any, repeats: int = 2) -> float:
+    """Best of `repeats` timed passes over `batch` after one warm-up pass."""
+    run(batch)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run(batch)
+        best = min(best, time.perf_counter() - started)
+    return len(batch) / best
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return np.sum(a * b, axis=1)
+
+
+def export_checkpoint(
+    checkpoint_path: Path,
+    runtime: str,
+    *,
+    int8: bool = False,
+    calibration_dir: Path | None = None,
+    parity_dir: Path,
+    calibration_count: int = CALIBRATION_IMAGES,
+    parity_count: int = PARITY_IMAGES,
+    measure: bool = True,
+    out_dir: Path | None = None,
+) -> tuple[ExportRecord, Path]:
+    """Export, check parity on real images, write the record; returns it and its path.
+
+    A failed parity check still writes the record (passed: false), so the runtime choice can
+    say why it refuses the export; the caller decides whether that is an error.
+    """
+    if runtime not in EXPORT_RUNTIMES:
+        raise ExportError(f"unknown runtime {runtime!r}; choose one of {list(EXPORT_RUNTIMES)}")
+    if int8 and calibration_dir is None:
+        raise ExportError("--int8 needs --calibration DIR (real images, a few hundred)")
+    checkpoint_path = Path(checkpoint_path)
+    ckpt = load_checkpoint(checkpoint_path)
+    net = torch_network(ckpt, checkpoint_path)
+    size = ckpt.preprocessing.image_size
+    precision = "int8" if int8 else "fp32"
+    folder = Path(out_dir) if out_dir is not None else exports_dir(checkpoint_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{runtime}-{precision}"
+    model_name = f"{name}.xml" if runtime == "openvino" else f"{name}.onnx"
+    calibration: dict[str, Any] = {}
+
+    with tempfile.TemporaryDirectory(prefix="rsir-export-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        log.info("exporting %s to ONNX", checkpoint_path)
+        export_onnx(net, size, fp32)
+        source = fp32
+        if int8:
+            assert calibration_dir is not None
+            calib_paths = image_files(calibration_dir, calibration_count)
+            calib = load_batch(ckpt, calib_paths)
+            calibration = {"images": len(calib), "folder": str(calibration_dir)}
+            source = Path(tmp) / "int8.onnx"
+            log.info("calibrating int8 on %d images", len(calib))
+            quantize_int8(fp32, source, calib)
+        target = folder / model_name
+        if runtime == "openvino":
+            to_openvino(source, target)
+        else:
+            os.replace(source, target)
+
+    record = ExportRecord(
+        fingerprint=ckpt.fingerprint,
+        kind=ckpt.kind,
+        runtime=runtime,
+        precision=precision,
+        model_file=model_name,
+        sha256="",
+        image_size=size,
+        output_dim=0,
+        calibration=calibration,
+        versions=_versions(),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    record.sha256 = files_sha256(model_files(record, folder))
+    threads = available_cores()
+    runner = open_runner(record, folder, threads)
+
+    parity_paths = image_files(parity_dir, parity_count, offset=0.5)
+    images = load_batch(ckpt, parity_paths)
+    with torch.inference_mode():
+        reference = net(images).numpy()
+    ours = runner(images.numpy())
+    record.output_dim = int(ours.shape[1])
+    cosines = cosine_rows(reference, ours)
+    threshold = PARITY_THRESHOLDS[precision]
+    record.parity = {
+        "images": len(images),
+        "folder": str(parity_dir),
+        "mean_cosine": float(cosines.mean()),
+        "min_cosine": float(cosines.min()),
+        "threshold_mean_cosine": threshold,
+        "passed": bool(cosines.mean() >= threshold),
+    }
+    if ckpt.kind == "classifier":
+        agree = reference.argmax(1) == ours.argmax(1)
+        record.parity["top1_agreement"] = float(agree.mean())
+    if measure:
+        batch = images[:SPEED_BATCH]
+        if len(batch) < SPEED_BATCH:
+            batch = batch.repeat((SPEED_BATCH + len(batch) - 1) // len(batch), 1, 1, 1)[
+                :SPEED_BATCH
+            ]
+        with torch.inference_mode():
+            torch_rate = images_per_s(net, batch)
+        record.speed = {
+            "batch": SPEED_BATCH,
+            "threads": threads,
+            "images_per_s": images_per_s(runner, batch.numpy()),
+            "torch_images_per_s": torch_rate,
+        }
+    record_path = folder / f"{name}.json"
+    tmp_record = record_path.with_suffix(".json.tmp")
+    tmp_record.write_text(record.to_json())
+    os.replace(tmp_record, record_path)
+    return record, record_path
+
+
+def _versions() -> dict[str, str]:
+    versions: dict[str, str] = {"torch": str(torch.__version__)}
+    for package in ("onnxruntime", "openvino", "onnx"):
+        try:
+            versions[package] = str(importlib.import_module(package).__version__)
+        except ImportError:
+            continue
+    return versions
