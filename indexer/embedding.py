@@ -104,8 +104,9 @@ def load_embedding_model(
     choice = choose_runtime(
         Path(checkpoint_path), ckpt.fingerprint, runtime, threads, on_gpu=target.type == "cuda"
     )
-    fell_back = choice.runner is None and runtime not in ("torch", "auto")
-    (log.warning if fell_back else log.info)(
-        "embedder %s runs on %s (%s)", ckpt.fingerprint, choice.name, choice.reason
-    )
+    if choice.runner is None and runtime not in ("torch", "auto"):
+        level = logging.WARNING  # asked for an export that cannot be used
+    else:
+        level = logging.INFO if choice.runner is not None else logging.DEBUG
+    log.log(level, "embedder %s runs on %s (%s)", ckpt.fingerprint, choice.name, choice.reason)
     return EmbeddingModel(net, ckpt.preprocessing, target, choice), ckpt

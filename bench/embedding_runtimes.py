@@ -1,0 +1,203 @@
+"""Embedding runtimes: torch eager (the baseline, same run) against torch channels_last, ONNX
+Runtime and OpenVINO (fp32 and int8) for the default pretrained embedder and ResNet-50 + dual
+attention: images/s at batch 1 and 32, mean cosine to torch on real images, and the UCM split
+mAP of the descriptors each runtime gives (a FAISS inner-product index of the train split
+searched by the test split, indexer/evaluate.py's retrieval_metrics).
+
+Each runtime is exported once (rsir export's functions); OpenVINO compiles the same ONNX files
+(fp32, and the int8 QDQ graph). torch.compile is not run: see the report.
+
+Run: .venv/bin/python bench/embedding_runtimes.py [--per-class 5 --calibration 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import DATA_ROOT, write_report
+from indexer.evaluate import retrieval_metrics
+from model.checkpoint import embedder_checkpoint, save_checkpoint
+from model.cores import available_cores
+from model.datasets import discover_dataset, limit_per_class, stratified_split
+from model.embedder import Embedder, EmbedderConfig, build_embedder
+from model.export import cosine_rows, export_onnx, load_batch, quantize_int8
+from model.machine import machine_info
+from model.runtimes import OnnxRunner, OpenVinoRunner
+from model.transforms import Preprocessing
+
+MODELS = {
+    "default (efficientnet_lite0 + attention + GeM)": ("efficientnet_lite0", 224),
+    "resnet50 + attention + GeM": ("resnet50", 224),
+}
+
+
+def rate(run: Any, batch: Any, passes: int) -> float:
+    """Images/s: one warm-up, then the best of `passes` timed calls."""
+    run(batch)
+    best = float("inf")
+    for _ in range(passes):
+        started = time.perf_counter()
+        run(batch)
+        best = min(best, time.perf_counter() - started)
+    return len(batch) / best
+
+
+def embed_all(run: Any, tensors: torch.Tensor, numpy: bool) -> np.ndarray:
+    out = [
+        run(tensors[i : i + 32].numpy() if numpy else tensors[i : i + 32])
+        for i in range(0, len(tensors), 32)
+    ]
+    return np.vstack([np.asarray(o) for o in out]).astype(np.float32)
+
+
+def measure_model(
+    label: str, backbone: str, size: int, args: argparse.Namespace, work: Path
+) -> list[dict[str, Any]]:
+    net, init = build_embedder(EmbedderConfig(backbone), pretrained=True)
+    net.eval()
+    pre = Preprocessing.for_backbone(backbone, size)
+    ckpt_path = work / f"{backbone}.pt"
+    save_checkpoint(embedder_checkpoint(net, pre, [], init, "none"), ckpt_path)
+    from model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    ucm = discover_dataset("ucm", DATA_ROOT)
+    subset = limit_per_class(ucm, args.per_class)
+    tensors = load_batch(ckpt, subset.paths)
+    labels = np.asarray(subset.labels)
+    split = stratified_split(list(subset.labels), 0.8, 0)
+    q, g = np.asarray(split.test), np.asarray(split.train)
+    calib_paths = limit_per_class(ucm, args.per_class + args.calibration // 21).paths
+    calib_paths = [p for p in calib_paths if p not in set(subset.paths)][: args.calibration]
+    calibration = load_batch(ckpt, calib_paths)
+
+    fp32, int8 = work / f"{backbone}-fp32.onnx", work / f"{backbone}-int8.onnx"
+    started = time.perf_counter()
+    export_onnx(net, size, fp32)
+    export_s = time.perf_counter() - started
+    started = time.perf_counter()
+    quantize_int8(fp32, int8, calibration)
+    quant_s = time.perf_counter() - started
+    threads = available_cores()
+
+    def torch_eager(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return net(x)
+
+    cl_net: Embedder = build_embedder(EmbedderConfig(backbone), pretrained=False)[0]
+    cl_net.load_state_dict(net.state_dict())
+    cl_net = cl_net.eval().to(memory_format=torch.channels_last)
+
+    def torch_cl(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return cl_net(x.contiguous(memory_format=torch.channels_last))
+
+    runtimes: list[tuple[str, Any, bool]] = [
+        ("torch eager fp32", torch_eager, False),
+        ("torch channels_last fp32", torch_cl, False),
+        ("ONNX Runtime fp32", OnnxRunner(fp32, threads), True),
+        ("ONNX Runtime int8", OnnxRunner(int8, threads), True),
+        ("OpenVINO fp32", OpenVinoRunner(fp32, threads, "fp32"), True),
+        ("OpenVINO int8", OpenVinoRunner(int8, threads, "int8"), True),
+    ]
+    rows: list[dict[str, Any]] = []
+    reference = embed_all(torch_eager, tensors, False)
+    batch32 = tensors[:32]
+    for name, run, numpy in runtimes:
+        b32 = batch32.numpy() if numpy else batch32
+        b1 = b32[:1]
+        vectors = reference if name == "torch eager fp32" else embed_all(run, tensors, numpy)
+        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        metrics = retrieval_metrics(vectors[q], labels[q], vectors[g], labels[g], ucm.class_names)
+        row = {
+            "model": label,
+            "runtime": name,
+            "images_per_s_batch32": rate(run, b32, args.passes),
+            "images_per_s_batch1": rate(run, b1, args.passes * 4),
+            "mean_cosine_to_torch": float(cosine_rows(reference, vectors).mean()),
+            "min_cosine_to_torch": float(cosine_rows(reference, vectors).min()),
+            "map": float(metrics.map),
+        }
+        rows.append(row)
+        print(row, flush=True)
+    base = rows[0]
+    for row in rows:
+        row["speedup_batch32"] = row["images_per_s_batch32"] / base["images_per_s_batch32"]
+        row["latency_ratio_batch1"] = row["images_per_s_batch1"] / base["images_per_s_batch1"]
+        row["map_minus_torch"] = row["map"] - base["map"]
+        row.update(
+            init=init,
+            image_size=size,
+            export_s=export_s,
+            quantize_s=quant_s,
+            calibration_images=len(calibration),
+            subset_images=len(subset),
+            queries=len(q),
+            gallery=len(g),
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--per-class", type=int, default=5, help="UCM images a class (of 100)")
+    parser.add_argument("--calibration", type=int, default=64)
+    parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(available_cores())
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="rsir-runtimes-") as tmp:
+        for label in args.models:
+            backbone, size = MODELS[label]
+            rows += measure_model(label, backbone, size, args, Path(tmp))
+    machine = machine_info()
+    figures = {"rows": rows, "machine": machine, "threads": available_cores(), **vars(args)}
+    md = [
+        "# Embedding runtimes: torch eager vs channels_last, ONNX Runtime, OpenVINO",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores ({available_cores()} threads used),"
+        f" GPU: {machine['gpu']}; torch {machine['torch']}; date {machine['date']}. The machine "
+        "was shared with other jobs during the run (load average about 10 on 2 cores): absolute "
+        "rates are low and noisy; the ratios to torch eager come from the same run.",
+        "",
+        f"Subset: {args.per_class} UCM images a class (class-balanced, {rows[0]['subset_images']} "
+        f"images; split 80/20 seed 0: {rows[0]['queries']} queries against a "
+        f"{rows[0]['gallery']}-image gallery), not all 2,100: embedding all of them with six "
+        "runtimes and two models does not fit this shared 2-core machine. mAP on so few "
+        "queries is coarse; what it shows is whether a runtime changes the ranking. "
+        f"int8: ONNX Runtime static QDQ, per-channel Conv weights, min-max calibration on "
+        f"{rows[0]['calibration_images']} other UCM images; OpenVINO runs the same QDQ graph.",
+        "",
+        "| model | runtime | img/s b32 | x eager b32 | img/s b1 | x eager b1 | mean cos | "
+        "min cos | mAP | mAP - torch |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {r['model']} ({r['init'].split(':')[0]}, {r['image_size']} px) | {r['runtime']} | "
+            f"{r['images_per_s_batch32']:.1f} | {r['speedup_batch32']:.2f} | "
+            f"{r['images_per_s_batch1']:.1f} | {r['latency_ratio_batch1']:.2f} | "
+            f"{r['mean_cosine_to_torch']:.5f} | {r['min_cosine_to_torch']:.5f} | {r['map']:.4f} | "
+            f"{r['map_minus_torch']:+.4f} |"
+            for r in rows
+        ],
+        "",
+        "torch.compile: not measured. On this machine (2 shared cores) compiling the graph with "
+        "inductor's C++ backend takes minutes per model and input shape (one compile for batch "
+        "1, one for 32), longer than this whole benchmark's budget.",
+        "",
+    ]
+    write_report("embedding_runtimes", figures, "\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
