@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -155,6 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(available_cores())
+    load = os.getloadavg()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rsir-runtimes-") as tmp:
         for label in args.models:
@@ -166,9 +168,13 @@ def main() -> None:
         "# Embedding runtimes: torch eager vs channels_last, ONNX Runtime, OpenVINO",
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores ({available_cores()} threads used),"
-        f" GPU: {machine['gpu']}; torch {machine['torch']}; date {machine['date']}. The machine "
-        "was shared with other jobs during the run (load average about 10 on 2 cores): absolute "
-        "rates are low and noisy; the ratios to torch eager come from the same run.",
+        f" GPU: {machine['gpu']}; torch {machine['torch']}; date {machine['date']}. Load average "
+        f"at the start {load[0]:.1f} and at the end {os.getloadavg()[0]:.1f} on "
+        f"{machine['cores']} cores: with other jobs on the machine, absolute rates are low and "
+        "noisy (batch 1 most of all); the ratios to torch eager come from the same run.",
+        "",
+        "Goals (issue 9): default embedder's default runtime >= 5x torch eager at batch 32 and "
+        ">= 3x at batch 1; ResNet-50 + attention >= 3x (int8); mAP within 0.005 of torch.",
         "",
         f"Subset: {args.per_class} UCM images a class (class-balanced, {rows[0]['subset_images']} "
         f"images; split 80/20 seed 0: {rows[0]['queries']} queries against a "
