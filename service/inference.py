@@ -218,6 +218,9 @@ class InferenceCore:
             self._index_error = NotReadyError(f"index in {self.settings.index_dir}: {exc}")
             self.problems.append(self._index_error.detail)
             return
+        if self._index_error is not None:  # loaded on a retry: the old reason is gone
+            self.problems = [p for p in self.problems if p != self._index_error.detail]
+            self._index_error = None
         log.info(
             "index %s: %d vectors (v%d)",
             self.store.index_dir,
@@ -232,11 +235,18 @@ class InferenceCore:
         for batcher in self.classify_batchers.values():
             batcher.stop()
 
+    @property
+    def index_retryable(self) -> bool:
+        """A missing index may still come (written later, a disk back): all but a model mismatch."""
+        return self.model is not None and not isinstance(
+            self._index_error, ModelMismatchServiceError
+        )
+
     def refresh_index(self) -> bool:
         """Pick up a newer index version (an index job or `rsir index` wrote one)."""
         with self._reload_lock:
             if self.store is None:
-                if self.model is not None and self._index_error is None:
+                if self.index_retryable:
                     self._load_index()
                 return self.store is not None
             try:

@@ -7,10 +7,12 @@ separate process and puts its internal HTTP API in front of it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from sqlalchemy import Engine
 
+from indexer.db import schema_problem
 from rsir.settings import Settings
 from service.inference import InferenceCore
 from service.job_handlers import make_handlers
@@ -21,6 +23,16 @@ from service.runner import JobRunner
 log = logging.getLogger(__name__)
 
 INDEX_REFRESH_SECONDS = 5.0
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
+
+
+def current_db_problem(engine: Engine) -> str | None:
+    """None when the DB answers at the code's schema, else why not (asked now, not at start)."""
+    try:
+        return schema_problem(engine)
+    except Exception as exc:
+        return f"metadata DB unreachable: {str(exc).splitlines()[0]}"
 
 
 class WorkerRuntime:
@@ -34,11 +46,16 @@ class WorkerRuntime:
         jobs: JobStore,
         run_jobs: bool = True,
         poll_seconds: float = 1.0,
+        db_problem: str | None = None,
     ) -> None:
         self.settings = settings
+        self.engine = engine
+        self.db_problem = db_problem  # None once the DB answers at the code's schema
         self.core = InferenceCore(settings, engine, metrics)
         self.jobs = jobs
         self._last_refresh = time.monotonic()
+        self._stopping = threading.Event()
+        self._recovery: threading.Thread | None = None
         self.runner: JobRunner | None = None
         if run_jobs:
             self.runner = JobRunner(
@@ -49,14 +66,44 @@ class WorkerRuntime:
             )
 
     def start(self) -> None:
-        """Load models and index, then start claiming jobs."""
+        """Load models and index, then start claiming jobs; what failed is retried with backoff."""
         self.core.load()
+        if self.db_problem is None:
+            self._start_jobs()
+        if self.db_problem is not None or (self.core.store is None and self.core.index_retryable):
+            self._recovery = threading.Thread(
+                target=self._recover, name="rsir-recover", daemon=True
+            )
+            self._recovery.start()
+
+    def _start_jobs(self) -> None:
         if self.runner is not None:
             self.runner.start()
             log.info("job loop started as worker %s", self.runner.worker_id)
 
+    def _recover(self) -> None:
+        """Retry the DB and the index with exponential backoff (as the FastAPI template's
+        pre-start retries the DB), until both are there or the failure is permanent."""
+        delay = RETRY_FIRST_SECONDS
+        while not self._stopping.wait(delay):
+            if self.db_problem is not None:
+                self.db_problem = current_db_problem(self.engine)
+                if self.db_problem is None:
+                    log.info("metadata DB is back")
+                    self._start_jobs()
+                else:
+                    log.warning("%s; retrying in %.0f s", self.db_problem, delay)
+            if self.core.store is None and self.core.index_retryable and self.core.refresh_index():
+                log.info("index loaded")
+            if self.db_problem is None and (
+                self.core.store is not None or not self.core.index_retryable
+            ):
+                return
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+
     def stop(self) -> None:
         """Release any running job, stop the batchers."""
+        self._stopping.set()
         if self.runner is not None:
             self.runner.stop()
         self.core.close()

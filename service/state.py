@@ -72,8 +72,8 @@ class AppState:
             log.info("inference worker at %s", settings.worker_url)
         else:
             runtime = WorkerRuntime(
-                settings, engine, metrics, jobs, run_jobs=run_jobs and problem is None,
-                poll_seconds=poll_seconds,
+                settings, engine, metrics, jobs, run_jobs=run_jobs,
+                poll_seconds=poll_seconds, db_problem=problem,
             )  # fmt: skip
             runtime.start()
             backend = LocalBackend(runtime.core)

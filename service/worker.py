@@ -30,9 +30,9 @@ from service.inference import InferenceCore
 from service.jobs import JobStore
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.runtime import WorkerRuntime
+from service.runtime import WorkerRuntime, current_db_problem
 from service.security import check_api_key, check_internal_exposure, validate_api_key_setting
-from service.state import db_ok, prepare_db
+from service.state import prepare_db
 from service.uploads import check_and_decode
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class WorkerState:
         engine, problem = prepare_db(settings)
         jobs = JobStore(engine, settings.job_lease_seconds, settings.job_max_attempts)
         runtime = WorkerRuntime(
-            settings, engine, metrics, jobs, run_jobs=problem is None, poll_seconds=poll_seconds
+            settings, engine, metrics, jobs, poll_seconds=poll_seconds, db_problem=problem
         )
         runtime.start()
         return cls(settings, engine, metrics, runtime, problem)
@@ -151,7 +151,7 @@ def models(core: CoreDep) -> dict[str, Any]:
 @internal.get("/status")
 def status(state: StateDep, core: CoreDep) -> dict[str, Any]:
     out = core.status()
-    problem = state.db_problem or db_ok(state.engine)
+    problem = current_db_problem(state.engine)
     if problem:
         out["problems"] = [*out["problems"], problem]
         out["ready"] = False

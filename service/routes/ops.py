@@ -11,15 +11,22 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.deps import StateDep
 from service.errors import ServiceError
-from service.state import db_ok
+from service.runtime import current_db_problem
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/health")
-def health() -> dict[str, str]:
-    """The process answers (no dependency is checked: that is /ready)."""
-    return {"status": "ok"}
+def health(state: StateDep) -> dict[str, Any]:
+    """The process answers (200). `status` says truthfully whether it runs degraded: a DB or
+    index being retried, a job loop waiting for the DB (details in /ready)."""
+    runtime = state.runtime
+    problems: list[str] = []
+    if runtime is not None:
+        if runtime.db_problem is not None:
+            problems.append(f"job loop waiting for the DB: {runtime.db_problem}")
+        problems.extend(runtime.core.problems if runtime.core.store is None else [])
+    return {"status": "degraded", "problems": problems} if problems else {"status": "ok"}
 
 
 @router.get(
@@ -29,7 +36,7 @@ def health() -> dict[str, str]:
 async def ready(state: StateDep) -> JSONResponse:
     """200 when the embedder, the index and the DB are loaded; 503 with the reasons otherwise."""
     problems: list[str] = []
-    db_problem = state.db_problem or await anyio.to_thread.run_sync(db_ok, state.engine)
+    db_problem = await anyio.to_thread.run_sync(current_db_problem, state.engine)
     if db_problem:
         problems.append(db_problem)
     components: dict[str, Any] = {"db": db_problem is None}
