@@ -130,13 +130,24 @@ def search(
     place: Annotated[
         str | None, typer.Option(help="With --scene: lon/lat window west,south,east,north.")
     ] = None,
+    relevant: Annotated[
+        str | None,
+        typer.Option(help="Relevance feedback: ids ID,ID of hits to move the query toward."),
+    ] = None,
+    not_relevant: Annotated[
+        str | None,
+        typer.Option(help="Relevance feedback: ids ID,ID of hits to move the query away from."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     as_geojson: Annotated[
         bool, typer.Option("--geojson", help="Print a GeoJSON FeatureCollection.")
     ] = False,
 ) -> None:
-    """Rank the indexed images by similarity to IMAGE (or to a place of an indexed scene)."""
+    """Rank the indexed images by similarity to IMAGE (or to a place of an indexed scene);
+    with --relevant / --not-relevant, the query first moves Rocchio-style toward and away
+    from those indexed images' stored descriptors."""
     from indexer.area import BBox
+    from indexer.feedback import Feedback, UnknownFeedbackIdError
     from indexer.geojson import feature_collection
     from indexer.geoquery import decode_query, parse_window, place_image
     from indexer.search import Searcher
@@ -148,6 +159,7 @@ def search(
         raise _fail("give a query IMAGE or --scene ID (with --window or --place)")
     try:
         area = BBox.parse(bbox) if bbox else None
+        feedback = Feedback.parse(relevant, not_relevant)
         searcher = Searcher.open(
             settings.index_dir,
             checkpoint or None,
@@ -164,7 +176,10 @@ def search(
             query = place_image(engine, scene, pixels, BBox.parse(place) if place else None).image
     except (ModelMismatchError, FileNotFoundError, ImageDecodeError, ValueError) as exc:
         raise _fail(str(exc)) from None  # ValueError: also a bad bbox, window or scene id
-    hits = searcher.search_images([query], k, label, area)[0]
+    try:
+        hits = searcher.search_images([query], k, label, area, feedback)[0]
+    except (UnknownFeedbackIdError, ValueError) as exc:
+        raise _fail(str(exc)) from None
     if as_geojson:
         typer.echo(json.dumps(feature_collection(h.to_dict() for h in hits), indent=1))
         return

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, select
 from indexer.area import BBox, id_selector, ids_in_bbox
 from indexer.db import ImageRow, make_engine, make_sessionmaker
 from indexer.embedding import EmbeddingModel, load_embedding_model
+from indexer.feedback import Feedback, apply_feedback
 from indexer.pipeline import read_model_file
 from indexer.store import IndexStore
 from model.checkpoint import Checkpoint
@@ -167,9 +168,14 @@ class Searcher:
         k: int = 10,
         label: str | None = None,
         bbox: BBox | None = None,
+        feedback: Feedback | None = None,
     ) -> list[list[Hit]]:
-        """Top-k hits for each query image (one forward pass for all of them)."""
-        return self.search_vectors(self.model.embed_images(images), k, label, bbox)
+        """Top-k hits for each query image (one forward pass for all of them), each query
+        moved first by the relevance `feedback` when there is some."""
+        vectors = self.model.embed_images(images)
+        if feedback:
+            vectors = np.stack([apply_feedback(self.store, v, feedback) for v in vectors])
+        return self.search_vectors(vectors, k, label, bbox)
 
 
 def area_search(

@@ -15,6 +15,7 @@ import httpx
 from PIL import Image
 
 from indexer.area import BBox
+from indexer.feedback import Feedback
 from indexer.search import Hit
 from service.errors import NotReadyError, ServiceError
 from service.inference import ClassifyResult, InferenceCore, ModelInfo, Prediction, SearchResult
@@ -26,10 +27,18 @@ class Backend(Protocol):
     """The operations the HTTP routes need from the inference side."""
 
     async def search(
-        self, data: bytes, image: Image.Image, k: int, label: str | None, bbox: BBox | None = None
+        self,
+        data: bytes,
+        image: Image.Image,
+        k: int,
+        label: str | None,
+        bbox: BBox | None = None,
+        feedback: Feedback | None = None,
     ) -> SearchResult: ...
 
-    async def similar(self, image_id: int, k: int, label: str | None) -> SearchResult: ...
+    async def similar(
+        self, image_id: int, k: int, label: str | None, feedback: Feedback | None = None
+    ) -> SearchResult: ...
 
     async def explain(self, data: bytes, image: Image.Image) -> bytes: ...
 
@@ -53,12 +62,20 @@ class LocalBackend:
         self.core = core
 
     async def search(
-        self, data: bytes, image: Image.Image, k: int, label: str | None, bbox: BBox | None = None
+        self,
+        data: bytes,
+        image: Image.Image,
+        k: int,
+        label: str | None,
+        bbox: BBox | None = None,
+        feedback: Feedback | None = None,
     ) -> SearchResult:
-        return await self.core.search(image, k, label, bbox)
+        return await self.core.search(image, k, label, bbox, feedback)
 
-    async def similar(self, image_id: int, k: int, label: str | None) -> SearchResult:
-        return await self.core.similar(image_id, k, label)
+    async def similar(
+        self, image_id: int, k: int, label: str | None, feedback: Feedback | None = None
+    ) -> SearchResult:
+        return await self.core.similar(image_id, k, label, feedback)
 
     async def explain(self, data: bytes, image: Image.Image) -> bytes:
         return await self.core.explain(image)
@@ -140,19 +157,35 @@ class RemoteBackend:
     def _params(**values: Any) -> dict[str, Any]:
         return {k: v for k, v in values.items() if v is not None}
 
+    @staticmethod
+    def _feedback(feedback: Feedback | None) -> dict[str, str]:
+        """The feedback as the worker's comma-separated query parameters."""
+        if not feedback:
+            return {}
+        return {
+            "relevant": ",".join(map(str, feedback.relevant)),
+            "not_relevant": ",".join(map(str, feedback.not_relevant)),
+        }
+
     async def search(
-        self, data: bytes, image: Image.Image, k: int, label: str | None, bbox: BBox | None = None
+        self,
+        data: bytes,
+        image: Image.Image,
+        k: int,
+        label: str | None,
+        bbox: BBox | None = None,
+        feedback: Feedback | None = None,
     ) -> SearchResult:
         area = ",".join(map(repr, bbox.as_list())) if bbox is not None else None
-        response = await self._request(
-            "POST", "/search", params=self._params(k=k, label=label, bbox=area), content=data
-        )
+        params = self._params(k=k, label=label, bbox=area) | self._feedback(feedback)
+        response = await self._request("POST", "/search", params=params, content=data)
         return search_from_json(response.json())
 
-    async def similar(self, image_id: int, k: int, label: str | None) -> SearchResult:
-        response = await self._request(
-            "GET", f"/images/{image_id}/similar", params=self._params(k=k, label=label)
-        )
+    async def similar(
+        self, image_id: int, k: int, label: str | None, feedback: Feedback | None = None
+    ) -> SearchResult:
+        params = self._params(k=k, label=label) | self._feedback(feedback)
+        response = await self._request("GET", f"/images/{image_id}/similar", params=params)
         return search_from_json(response.json())
 
     async def explain(self, data: bytes, image: Image.Image) -> bytes:

@@ -7,6 +7,7 @@ worker deployments answer the same status for the same failure.
 from __future__ import annotations
 
 from indexer.area import AreaError, BBox
+from indexer.feedback import Feedback
 
 
 class ServiceError(Exception):
@@ -61,6 +62,14 @@ class ForbiddenPathError(ServiceError):
     """A server-side path that resolves outside the data root."""
 
     status_code = 403
+
+
+def parse_feedback(relevant: str | None, not_relevant: str | None) -> Feedback:
+    """Relevance-feedback id lists ("3,17") or a 422 saying what is wrong with them."""
+    try:
+        return Feedback.parse(relevant, not_relevant)
+    except ValueError as exc:
+        raise ServiceError(str(exc), 422) from None
 
 
 def parse_area(text: str | None) -> BBox | None:

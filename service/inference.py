@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from indexer.area import BBox
 from indexer.db import ImageRow, make_sessionmaker
 from indexer.embedding import EmbeddingModel, load_embedding_model
+from indexer.feedback import Feedback, UnknownFeedbackIdError, apply_feedback
 from indexer.pipeline import read_model_file
 from indexer.search import Hit, area_search, hits_for, ranked_hits
 from indexer.store import IndexStore, ModelMismatchError
@@ -335,25 +336,36 @@ class InferenceCore:
         return [(vectors[i], scores[i], ids[i]) for i in range(len(items))]
 
     async def search(
-        self, image: Image.Image, k: int, label: str | None, bbox: BBox | None = None
+        self,
+        image: Image.Image,
+        k: int,
+        label: str | None,
+        bbox: BBox | None = None,
+        feedback: Feedback | None = None,
     ) -> SearchResult:
         """Top-k indexed images like `image` (optionally only of class `label`, and only tiles
-        whose footprint intersects `bbox`: a filtered FAISS search over the area's ids)."""
+        whose footprint intersects `bbox`: a filtered FAISS search over the area's ids), the
+        query first moved by relevance `feedback` when there is some."""
         model, store, batcher = self._ready_search()
         tensor = await anyio.to_thread.run_sync(model.transform, image)
-        filtered = label is not None or bbox is not None
+        filtered = label is not None or bbox is not None or bool(feedback)
         vector, scores, ids = await batcher.run((tensor, 0 if filtered else k))
+        if feedback:
+            vector = await anyio.to_thread.run_sync(self._moved, store, vector, feedback)
         if bbox is not None:
             hits = await anyio.to_thread.run_sync(area_search, store, vector[None], k, label, bbox)
-        elif label is not None:
+        elif label is not None or feedback:
             hits = await anyio.to_thread.run_sync(ranked_hits, store, vector, k, label)
         else:
             hits = await anyio.to_thread.run_sync(hits_for, self.engine, scores[:k], ids[:k])
         assert self.checkpoint is not None
         return SearchResult(hits, self.checkpoint.fingerprint)
 
-    async def similar(self, image_id: int, k: int, label: str | None) -> SearchResult:
-        """Top-k images like an indexed one (itself left out), from its stored descriptor."""
+    async def similar(
+        self, image_id: int, k: int, label: str | None, feedback: Feedback | None = None
+    ) -> SearchResult:
+        """Top-k images like an indexed one (itself left out), from its stored descriptor,
+        moved by relevance `feedback` when there is some."""
         _, store, _ = self._ready_search()
         vector = await anyio.to_thread.run_sync(self._stored_vector, image_id)
         if vector is None:  # the index type cannot reconstruct: embed the file again
@@ -361,9 +373,21 @@ class InferenceCore:
             model, _, batcher = self._ready_search()
             tensor = await anyio.to_thread.run_sync(model.transform, image)
             vector, _, _ = await batcher.run((tensor, 0))
+        if feedback:
+            vector = await anyio.to_thread.run_sync(self._moved, store, vector, feedback)
         hits = await anyio.to_thread.run_sync(ranked_hits, store, vector, k, label, image_id)
         assert self.checkpoint is not None
         return SearchResult(hits, self.checkpoint.fingerprint)
+
+    @staticmethod
+    def _moved(store: IndexStore, vector: np.ndarray, feedback: Feedback) -> np.ndarray:
+        """The query moved by feedback; an unknown marked id is a 404 naming it."""
+        try:
+            return apply_feedback(store, vector, feedback)
+        except UnknownFeedbackIdError as exc:
+            raise NotFoundError(str(exc)) from None
+        except ValueError as exc:
+            raise ServiceError(str(exc), 422) from None
 
     def image_row(self, image_id: int) -> ImageRow:
         """The DB row of an indexed image, or 404."""

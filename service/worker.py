@@ -25,7 +25,7 @@ from rsir.settings import Settings
 from service.app import MULTIPART_SLACK_BYTES, add_error_handlers
 from service.backend import INTERNAL_PREFIX, classify_to_json, search_to_json
 from service.deps import RowId
-from service.errors import PayloadTooLargeError, parse_area
+from service.errors import PayloadTooLargeError, parse_area, parse_feedback
 from service.inference import InferenceCore
 from service.jobs import JobStore
 from service.metrics import Metrics
@@ -103,10 +103,13 @@ async def search(
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
     label: str | None = None,
     bbox: str | None = None,
+    relevant: str | None = None,
+    not_relevant: str | None = None,
 ) -> dict[str, Any]:
     area = parse_area(bbox)
+    feedback = parse_feedback(relevant, not_relevant)
     image = await _image(request, state)
-    return search_to_json(await core.search(image, k, label, area))
+    return search_to_json(await core.search(image, k, label, area, feedback))
 
 
 @internal.get("/images/{image_id}/similar")
@@ -115,8 +118,11 @@ async def similar(
     image_id: RowId,
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
     label: str | None = None,
+    relevant: str | None = None,
+    not_relevant: str | None = None,
 ) -> dict[str, Any]:
-    return search_to_json(await core.similar(image_id, k, label))
+    feedback = parse_feedback(relevant, not_relevant)
+    return search_to_json(await core.similar(image_id, k, label, feedback))
 
 
 @internal.delete("/images/{image_id}")

@@ -22,7 +22,7 @@ from indexer.geoquery import decode_query, parse_window, place_image
 from indexer.scenes import SceneError, UnknownSceneError, png_bytes
 from model.imageio import is_tiff
 from service.deps import BackendDep, CheckedImage, ImageDep, OptionalImageDep, RowId, StateDep
-from service.errors import NotFoundError, ServiceError, parse_area
+from service.errors import NotFoundError, ServiceError, parse_area, parse_feedback
 from service.inference import SearchResult
 from service.schemas import HitOut, SearchResponse
 from service.security import public_path
@@ -64,6 +64,11 @@ def search_response(
 Format = Literal["json", "geojson"]
 FORMAT_DOC = "json, or geojson: a GeoJSON FeatureCollection of the hits' footprints."
 BBOX_DOC = "Only tiles whose footprint intersects west,south,east,north (WGS84 degrees)."
+RELEVANT_DOC = (
+    "Relevance feedback: comma-separated ids of hits marked relevant; the query moves toward "
+    "their stored descriptors (Rocchio) before the search. An id not in the index is a 404."
+)
+NOT_RELEVANT_DOC = "Relevance feedback: comma-separated ids of hits marked not relevant."
 GEO_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"content": {GEOJSON: {}}, "description": "Hits (JSON, or GeoJSON with format=geojson)"}
 }
@@ -129,11 +134,15 @@ async def search(
     ] = None,
     form_format: Annotated[Format | None, Form(alias="format", description=FORMAT_DOC)] = None,
     query_format: Annotated[Format | None, Query(alias="format", description=FORMAT_DOC)] = None,
+    relevant: Annotated[str | None, Form(description=RELEVANT_DOC)] = None,
+    not_relevant: Annotated[str | None, Form(description=NOT_RELEVANT_DOC)] = None,
 ) -> SearchResponse | Response:
     """Rank the indexed images by similarity to the uploaded image, or to a place of an
-    indexed scene (`scene_id` with `window` or `place`, no upload)."""
+    indexed scene (`scene_id` with `window` or `place`, no upload); `relevant` and
+    `not_relevant` refine the query with the hits a user marked."""
     started = time.perf_counter()
     area = parse_area(bbox)
+    feedback = parse_feedback(relevant, not_relevant)
     if (upload is None) == (scene_id is None):
         raise ServiceError("give either an image or a scene_id with a window or place", 422)
     if upload is not None:
@@ -141,7 +150,7 @@ async def search(
     else:
         assert scene_id is not None
         query = await place_query(state, scene_id, window, place)
-    result = await backend.search(query.data, query.image, k, label or None, area)
+    result = await backend.search(query.data, query.image, k, label or None, area, feedback)
     return respond(request, result, k, started, form_format or query_format)
 
 
@@ -159,12 +168,15 @@ async def search_place(
     label: Annotated[str | None, Query()] = None,
     bbox: Annotated[str | None, Query(description=BBOX_DOC)] = None,
     format: Annotated[Format, Query(description=FORMAT_DOC)] = "json",
+    relevant: Annotated[str | None, Query(description=RELEVANT_DOC)] = None,
+    not_relevant: Annotated[str | None, Query(description=NOT_RELEVANT_DOC)] = None,
 ) -> SearchResponse | Response:
     """Query by place: rank the indexed images by similarity to a window of an indexed scene."""
     started = time.perf_counter()
     area = parse_area(bbox)
+    feedback = parse_feedback(relevant, not_relevant)
     query = await place_query(state, scene_id, window, place)
-    result = await backend.search(query.data, query.image, k, label or None, area)
+    result = await backend.search(query.data, query.image, k, label or None, area, feedback)
     return respond(request, result, k, started, format)
 
 
@@ -175,10 +187,14 @@ async def similar(
     image_id: RowId,
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
     label: Annotated[str | None, Query()] = None,
+    relevant: Annotated[str | None, Query(description=RELEVANT_DOC)] = None,
+    not_relevant: Annotated[str | None, Query(description=NOT_RELEVANT_DOC)] = None,
 ) -> SearchResponse:
-    """Rank the indexed images by similarity to an indexed one (itself excluded)."""
+    """Rank the indexed images by similarity to an indexed one (itself excluded), refined by
+    the `relevant` / `not_relevant` hits a user marked."""
     started = time.perf_counter()
-    result = await backend.similar(image_id, k, label or None)
+    feedback = parse_feedback(relevant, not_relevant)
+    result = await backend.similar(image_id, k, label or None, feedback)
     return search_response(request, result, k, started)
 
 
