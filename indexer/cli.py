@@ -207,9 +207,21 @@ def evaluate(
     protocol: Annotated[str, typer.Option(help="split or all-vs-all.")] = "split",
     seed: Annotated[int | None, typer.Option(help="Split seed (default: training's).")] = None,
     per_class: Annotated[int | None, typer.Option(help="Use N images per class.")] = None,
+    scales: Annotated[
+        str,
+        typer.Option(
+            help="Multi-scale: size factors whose descriptors are summed, e.g. 1,0.707,1.414"
+        ),
+    ] = "1",
+    whiten: Annotated[
+        str | None, typer.Option(help="Whitening learned on the gallery side: pca or lw.")
+    ] = None,
+    whiten_dim: Annotated[int | None, typer.Option(help="Whitening output dimension.")] = None,
+    dba: Annotated[int, typer.Option(help="Database-side augmentation neighbours (0: off).")] = 0,
+    qe: Annotated[int, typer.Option(help="Alpha query-expansion neighbours (0: off).")] = 0,
 ) -> None:
     """mAP, mAP@k, P@k and per-class AP; writes JSON and a PR-curve PNG."""
-    from indexer.evaluate import evaluate_retrieval
+    from indexer.evaluate import Refinements, evaluate_retrieval
     from rsir.progress import progress_bar
 
     settings = get_settings()
@@ -228,6 +240,13 @@ def evaluate(
                 device=settings.device,
                 runtime=settings.runtime,
                 progress=progress,
+                refinements=Refinements(
+                    scales=tuple(float(s) for s in scales.split(",")),
+                    whitening=whiten,
+                    whitening_dim=whiten_dim,
+                    dba=dba,
+                    qe=qe,
+                ),
             )
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None

@@ -46,6 +46,10 @@ class EmbeddingModel:
         self.choice = choice or RuntimeChoice("torch", None, "torch asked for")
         self._dim = net.dim
 
+    def with_preprocessing(self, preprocessing: Preprocessing) -> EmbeddingModel:
+        """The same network with other preprocessing (e.g. another input size)."""
+        return EmbeddingModel(self.net, preprocessing, self.device)
+
     @property
     def dim(self) -> int:
         return self._dim

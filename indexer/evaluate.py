@@ -1,7 +1,12 @@
-"""Retrieval evaluation (paper 002, section 4.2): embed queries and gallery, rank, score.
+"""Retrieval evaluation (Chen et al. 2021, section 4.2): embed queries and gallery, rank, score.
 
 Protocols: 'split' (default): queries are the test split, the gallery the train split, so a
 query is never in its own gallery; 'all-vs-all': every image queries all the others.
+
+Optional refinements (model/whitening.py, model/rerank.py), each measured on its own in
+bench/results/retrieval.md: multi-scale descriptors, whitening learned on the gallery side
+(the train split; all images for all-vs-all), database-side augmentation of the gallery and
+alpha query expansion of the queries.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +39,57 @@ from model.datasets import (
 from model.imageio import ImageDecodeError
 from model.machine import machine_info
 from model.metrics import DEFAULT_KS, RetrievalMetrics, evaluate_rankings
+from model.rerank import alpha_query_expansion, database_augmentation
+from model.whitening import learn_whitening
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("split", "all-vs-all")
+
+
+@dataclass(frozen=True)
+class Refinements:
+    """Search-time refinements of an evaluation (all off by default)."""
+
+    scales: tuple[float, ...] = (1.0,)  # multi-scale: descriptors at these size factors, summed
+    whitening: str | None = None  # 'pca' or 'lw', learned on the gallery side
+    whitening_dim: int | None = None  # reduce to this many dimensions
+    dba: int = 0  # database-side augmentation with this many neighbours (0: off)
+    qe: int = 0  # alpha query expansion with this many neighbours (0: off)
+    alpha: float = 3.0
+
+    def label(self) -> str:
+        parts = []
+        if self.scales != (1.0,):
+            parts.append("ms" + "/".join(f"{s:g}" for s in self.scales))
+        if self.whitening:
+            parts.append(f"{self.whitening}-whiten{self.whitening_dim or ''}")
+        if self.dba:
+            parts.append(f"DBA{self.dba}")
+        if self.qe:
+            parts.append(f"aQE{self.qe}")
+        return " + ".join(parts) or "none"
+
+
+def refine(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    refinements: Refinements,
+    fingerprint: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whitening (learned on the gallery), then DBA of the gallery, then alpha-QE of queries."""
+    if refinements.whitening:
+        whitening = learn_whitening(
+            refinements.whitening, gallery, gallery_labels, refinements.whitening_dim, fingerprint
+        )
+        queries, gallery = whitening.apply(queries), whitening.apply(gallery)
+    if refinements.dba:
+        gallery = database_augmentation(gallery, refinements.dba, refinements.alpha)
+    if refinements.qe:
+        queries = alpha_query_expansion(queries, gallery, refinements.qe, refinements.alpha)
+    return queries, gallery
+
+
 ProgressFn = Callable[[int, int], None]
 
 
@@ -81,6 +135,36 @@ def embed_paths(
         with open(cache_file, "wb") as handle:
             np.savez(handle, vectors=vectors, readable=mask)
     return vectors, mask
+
+
+def embed_multiscale(
+    model: EmbeddingModel,
+    images: LabeledImages,
+    scales: Sequence[float],
+    batch_size: int,
+    num_workers: int,
+    progress: ProgressFn | None,
+    cache_dir: Path | None,
+    fingerprint: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Descriptors summed over input sizes (each scale x the model's size), re-normalised."""
+    total: np.ndarray | None = None
+    readable: np.ndarray | None = None
+    base = model.preprocessing
+    for scale in scales:
+        size = max(32, round(base.image_size * scale))
+        scaled = (
+            model
+            if size == base.image_size
+            else model.with_preprocessing(replace(base, image_size=size))
+        )
+        key = fingerprint if size == base.image_size else f"{fingerprint}-{size}px"
+        vectors, ok = embed_paths(scaled, images, batch_size, num_workers, progress, cache_dir, key)
+        total = vectors.astype(np.float64) if total is None else total + vectors
+        readable = ok if readable is None else readable & ok
+    assert total is not None and readable is not None
+    norms = np.linalg.norm(total, axis=1, keepdims=True)
+    return (total / np.maximum(norms, 1e-12)).astype(np.float32), readable
 
 
 def rank_gallery(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
@@ -177,6 +261,7 @@ def evaluate_retrieval(
     runtime: str = "auto",
     cache_dir: Path | None = None,
     progress: ProgressFn | None = None,
+    refinements: Refinements | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a dataset; writes results.json, split.json and pr_curve.png.
 
@@ -195,9 +280,11 @@ def evaluate_retrieval(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_split(split, images, out_dir / "split.json")
 
-    vectors, readable = embed_paths(
+    refinements = refinements or Refinements()
+    vectors, readable = embed_multiscale(
         model,
         images,
+        refinements.scales,
         batch_size,
         num_workers,
         progress,
@@ -215,15 +302,17 @@ def evaluate_retrieval(
         g = np.asarray([i for i in split.train if readable[i]], dtype=np.int64)
         if len(q) == 0 or len(g) == 0:
             raise ValueError("after skipping unreadable images, a split side is empty")
-        metrics = retrieval_metrics(
-            vectors[q], labels[q], vectors[g], labels[g], images.class_names
-        )
+        queries, gallery = refine(vectors[q], vectors[g], labels[g], refinements, ckpt.fingerprint)
+        metrics = retrieval_metrics(queries, labels[q], gallery, labels[g], images.class_names)
     else:
         keep = np.flatnonzero(readable)
+        queries, gallery = refine(
+            vectors[keep], vectors[keep], labels[keep], refinements, ckpt.fingerprint
+        )
         metrics = retrieval_metrics(
-            vectors[keep],
+            queries,
             labels[keep],
-            vectors[keep],
+            gallery,
             labels[keep],
             images.class_names,
             exclude_self=True,
@@ -231,6 +320,7 @@ def evaluate_retrieval(
     results = _results_document(
         ckpt, checkpoint_path, images, split.seed, train_fraction, protocol, metrics
     )
+    results["refinements"] = {**asdict(refinements), "label": refinements.label()}
     results["unreadable"] = [images.relative(images.paths[i]) for i in np.flatnonzero(~readable)]
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     plot_pr_curves(

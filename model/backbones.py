@@ -62,8 +62,11 @@ class Trunk(nn.Module):
         return self.stage_channels[-1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images
-        for stage in self.stages:
+        return self.forward_from(images, 0)
+
+    def forward_from(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """The last feature map from the input of stage `start` (0: the images)."""
+        for stage in self.stages[start:]:
             x = stage(x)
         return x
 

@@ -54,7 +54,12 @@ class Embedder(nn.Module):
         return self.attention(self.trunk(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.pool(self.feature_map(images)), p=2, dim=1)
+        return self.embed_from(images, 0)
+
+    def embed_from(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Descriptors from the input of trunk stage `stage` (0: images). Training with frozen
+        early stages feeds their cached output here."""
+        return F.normalize(self.pool(self.attention(self.trunk.forward_from(x, stage))), dim=1)
 
 
 def build_embedder(

@@ -30,14 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.backbones import default_backbone
 from model.checkpoint import atomic_torch_save, embedder_checkpoint, save_checkpoint
 from model.datasets import (
     UNREADABLE,
-    ImageFolderDataset,
     LabeledImages,
     discover_dataset,
     limit_per_class,
@@ -47,12 +45,13 @@ from model.datasets import (
 from model.device import best_device
 from model.embedder import Embedder, EmbedderConfig, build_embedder
 from model.losses import contrastive_loss
+from model.train_inputs import CachedStageInputs, PixelInputs, TrainInputs, stage_maps
 from model.transforms import Preprocessing
 
 log = logging.getLogger(__name__)
 
 # Fields that do not change what is learned: a run may resume across changes of these.
-RUNTIME_FIELDS = frozenset({"num_workers", "device"})
+RUNTIME_FIELDS = frozenset({"num_workers", "device", "feature_cache"})
 MINING_CHUNK = 1024  # queries per FAISS search while mining: memory ~ chunk x candidates
 MINING_CANDIDATES = 128  # nearest neighbours looked at per query for hard negatives
 
@@ -78,6 +77,7 @@ class TrainConfig:
     negatives: int = 2
     min_scale: float = 0.5  # random crop of at least this fraction of the area; 1: no crop
     freeze_stages: int = 0  # first trunk stages kept at their ImageNet weights (and BN stats)
+    feature_cache: str | None = None  # folder keeping the frozen stages' output across runs
     queries_per_epoch: int | None = None  # None: every training image once
     mining_pool: int | None = None  # images embedded for mining each epoch; None: all
     seed: int = 0
@@ -109,32 +109,24 @@ def _state_path(out: Path) -> Path:
 
 
 def embed_all(
-    net: Embedder,
-    images: LabeledImages,
-    preprocessing: Preprocessing,
-    cfg: TrainConfig,
-    device: torch.device,
+    net: Embedder, inputs: TrainInputs, indices: list[int], batch_size: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Descriptors of every training image with the current model (for mining), and which
-    images could be read at all."""
-    loader = DataLoader(
-        ImageFolderDataset(images.paths, images.labels, preprocessing.eval_transform()),
-        batch_size=max(cfg.batch_size * 4, 16),
-        num_workers=cfg.num_workers,
-    )
+    """Descriptors of the given train images with the current model (for mining), and which of
+    them could be read at all."""
     net.eval()
     chunks, readable = [], []
     with torch.inference_mode():
         for batch, labels in tqdm(
-            loader,
+            inputs.batches(indices, batch_size, augment=False),
+            total=-(-len(indices) // batch_size),
             desc="mining: embedding the train split",
             unit="batch",
             dynamic_ncols=True,
             leave=False,
         ):
-            chunks.append(net(_to_device(batch, device)).cpu())
+            chunks.append(net.embed_from(_to_device(batch, device), inputs.start_stage).cpu())
             readable.append(labels != UNREADABLE)
-    set_trainable(net, cfg.freeze_stages)
+    set_trainable(net, inputs.start_stage)
     return torch.cat(chunks), torch.cat(readable)
 
 
@@ -241,24 +233,57 @@ def _steps_per_epoch(cfg: TrainConfig, n_train: int) -> tuple[int, int]:
 def _run_ce_epoch(
     net: Embedder,
     head: CosineClassifier,
-    loader: DataLoader[Any],
+    inputs: TrainInputs,
+    order: list[int],
+    cfg: TrainConfig,
     step: Callable[[torch.Tensor], None],
     device: torch.device,
     desc: str,
 ) -> float:
+    """One epoch of normalised-softmax classification over the train split in `order`."""
     loss_sum, steps = 0.0, 0
-    bar = tqdm(loader, desc=desc, unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        inputs.batches(order, cfg.ce_batch_size, augment=True),
+        total=-(-len(order) // cfg.ce_batch_size),
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+    )
     for batch, labels in bar:
         keep = labels != UNREADABLE
         if not bool(keep.any()):
             continue
-        logits = head(net(_to_device(batch[keep], device)))
-        loss = F.cross_entropy(logits, labels[keep].to(device))
+        descriptors = net.embed_from(_to_device(batch[keep], device), inputs.start_stage)
+        loss = F.cross_entropy(head(descriptors), labels[keep].to(device))
         step(loss)
         loss_sum += loss.detach().item()
         steps += 1
         bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
     return loss_sum / max(steps, 1)
+
+
+def make_inputs(
+    net: Embedder,
+    init: str,
+    images: LabeledImages,
+    preprocessing: Preprocessing,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> TrainInputs:
+    """Cached frozen-stage maps when early stages are frozen, decoded images otherwise."""
+    if cfg.freeze_stages > 0:
+        maps, labels = stage_maps(
+            net.trunk,
+            cfg.freeze_stages,
+            images,
+            preprocessing,
+            cfg.num_workers,
+            device,
+            Path(cfg.feature_cache) if cfg.feature_cache else None,
+            weights_id=f"{cfg.backbone}:{init}",
+        )
+        return CachedStageInputs(maps, labels, cfg.freeze_stages, cfg.min_scale, cfg.seed)
+    return PixelInputs(images, preprocessing, cfg.min_scale, cfg.num_workers)
 
 
 def train_embedder(
@@ -317,25 +342,25 @@ def train_embedder(
         optimizer.step()
         scheduler.step()
 
-    train_set = ImageFolderDataset(
-        train_images.paths, train_images.labels, preprocessing.train_transform(cfg.min_scale)
-    )
     total_epochs = cfg.ce_epochs + cfg.max_epochs
+    inputs = (
+        make_inputs(net, init, train_images, preprocessing, cfg, device)
+        if start_epoch < total_epochs
+        else None
+    )
     for epoch in range(start_epoch, total_epochs):
+        assert inputs is not None
         desc = f"epoch {epoch + 1}/{total_epochs}"
         if epoch < cfg.ce_epochs:
-            loader = DataLoader(
-                train_set,
-                batch_size=cfg.ce_batch_size,
-                shuffle=True,
-                num_workers=cfg.num_workers,
-                generator=torch.Generator().manual_seed(cfg.seed + epoch),
+            order = list(range(len(train_images)))
+            rng.shuffle(order)
+            mean_loss = _run_ce_epoch(
+                net, head, inputs, order, cfg, step, device, desc + " (classification)"
             )
-            mean_loss = _run_ce_epoch(net, head, loader, step, device, desc + " (classification)")
             history.append({"epoch": epoch + 1, "loss": mean_loss, "phase": "classification"})
         else:
             mean_loss, n_tuples = _run_contrastive_epoch(
-                net, train_images, train_set, preprocessing, cfg, device, rng, step, desc
+                net, train_images.labels, inputs, cfg, device, rng, step, desc
             )
             history.append(
                 {"epoch": epoch + 1, "loss": mean_loss, "tuples": n_tuples, "phase": "contrastive"}
@@ -373,9 +398,8 @@ def train_embedder(
 
 def _run_contrastive_epoch(
     net: Embedder,
-    train_images: LabeledImages,
-    train_set: ImageFolderDataset,
-    preprocessing: Preprocessing,
+    labels: list[int],
+    inputs: TrainInputs,
     cfg: TrainConfig,
     device: torch.device,
     rng: random.Random,
@@ -385,15 +409,13 @@ def _run_contrastive_epoch(
     """One epoch of hard-negative mining and contrastive steps; (mean loss, tuples used)."""
     # As Radenovic et al.: a random pool of the train split is embedded each epoch and
     # queries, positives and negatives come from it (all of it by default).
-    pool = list(range(len(train_images)))
+    pool = list(range(len(labels)))
     if cfg.mining_pool and cfg.mining_pool < len(pool):
         pool = sorted(rng.sample(pool, cfg.mining_pool))
-    pool_images = train_images.subset(pool)
-    descriptors, readable = embed_all(net, pool_images, preprocessing, cfg, device)
+    descriptors, readable = embed_all(net, inputs, pool, max(cfg.batch_size * 4, 32), device)
     # Unreadable images take no part: their label becomes one no query shares.
     mining_labels = [
-        label if ok else UNREADABLE
-        for label, ok in zip(pool_images.labels, readable.tolist(), strict=True)
+        labels[i] if ok else UNREADABLE for i, ok in zip(pool, readable.tolist(), strict=True)
     ]
     queries = [i for i in range(len(pool)) if mining_labels[i] != UNREADABLE]
     rng.shuffle(queries)
@@ -405,18 +427,19 @@ def _run_contrastive_epoch(
     ]
     tuple_len = 2 + cfg.negatives
     flat = [i for t in tuples if len(t) == tuple_len for i in t]
-    # Decoding on worker processes; batches hold whole tuples, in order.
-    loader = DataLoader(
-        torch.utils.data.Subset(train_set, flat),
-        batch_size=cfg.batch_size * tuple_len,
-        shuffle=False,
-        num_workers=cfg.num_workers,
-    )
     loss_sum, steps = 0.0, 0
-    bar = tqdm(loader, desc=desc, unit="step", dynamic_ncols=True)
+    batch_size = cfg.batch_size * tuple_len  # batches hold whole tuples, in order
+    bar = tqdm(
+        inputs.batches(flat, batch_size, augment=True),
+        total=-(-len(flat) // batch_size),
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+    )
     for batch, _ in bar:
         n_tuples = len(batch) // tuple_len
-        loss = tuple_loss(net(_to_device(batch, device)), n_tuples, cfg.margin)
+        descriptors = net.embed_from(_to_device(batch, device), inputs.start_stage)
+        loss = tuple_loss(descriptors, n_tuples, cfg.margin)
         step(loss)
         loss_sum += loss.detach().item()
         steps += 1

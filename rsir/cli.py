@@ -30,14 +30,25 @@ def _root() -> None:
 
 @app.command()
 def demo(
-    train_epochs: int = typer.Option(2, help="Epochs of the small demo embedder."),
-    image_size: int = typer.Option(64, help="Input size of the demo embedder."),
+    train_epochs: int = typer.Option(4, help="Classification (warm-start) epochs."),
+    metric_epochs: int = typer.Option(0, help="Contrastive hard-negative epochs after them."),
+    image_size: int = typer.Option(192, help="Input size of the demo embedder."),
+    pretrained: bool = typer.Option(
+        True, help="ImageNet initialisation (--no-pretrained: random init, near chance)."
+    ),
     serve: bool = typer.Option(True, help="End with the service running."),
 ) -> None:
-    """The main job: train a small embedder on UCM, index it, evaluate, show a search."""
+    """The main job: fine-tune the pretrained embedder on UCM, index it, evaluate, search."""
     from rsir.demo import run_demo
 
-    run_demo(get_settings(), train_epochs=train_epochs, image_size=image_size, serve=serve)
+    run_demo(
+        get_settings(),
+        train_epochs=train_epochs,
+        image_size=image_size,
+        serve=serve,
+        metric_epochs=metric_epochs,
+        pretrained=pretrained,
+    )
 
 
 def main() -> None:

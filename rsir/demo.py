@@ -9,12 +9,43 @@ from pathlib import Path
 
 import typer
 
+from model.train_embedder import TrainConfig
 from rsir.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def run_demo(settings: Settings, train_epochs: int, image_size: int, serve: bool) -> None:
+def demo_train_config(
+    settings: Settings, ce_epochs: int, metric_epochs: int, image_size: int, pretrained: bool
+) -> TrainConfig:
+    """The demo's recipe (bench/results/retrieval.md measured it): the default pretrained
+    backbone with its first three stages frozen and cached, so that fine-tuning fits minutes
+    of CPU; classification epochs, then contrastive hard-negative epochs."""
+    return TrainConfig(
+        dataset="ucm",
+        root=str(settings.data_root),
+        image_size=image_size,
+        batch_size=16,
+        ce_epochs=ce_epochs,
+        max_epochs=metric_epochs,
+        lr=1e-3,
+        freeze_stages=3 if pretrained else 0,
+        negatives=2,
+        num_workers=settings.num_workers,
+        device=settings.device,
+        pretrained=pretrained,
+        imagenet_weights=str(settings.imagenet_weights) if settings.imagenet_weights else None,
+    )
+
+
+def run_demo(
+    settings: Settings,
+    train_epochs: int,
+    image_size: int,
+    serve: bool,
+    metric_epochs: int = 0,
+    pretrained: bool = True,
+) -> None:
     """Each step is skipped when its result is already there, so a re-run is quick."""
     from indexer.cli import format_results_table
     from indexer.evaluate import evaluate_retrieval
@@ -22,7 +53,7 @@ def run_demo(settings: Settings, train_epochs: int, image_size: int, serve: bool
     from indexer.search import Searcher
     from model.datasets import DatasetNotFoundError, discover_dataset
     from model.imageio import read_image
-    from model.train_embedder import TrainConfig, train_embedder
+    from model.train_embedder import train_embedder
     from rsir.progress import progress_bar
 
     started = time.monotonic()
@@ -37,26 +68,19 @@ def run_demo(settings: Settings, train_epochs: int, image_size: int, serve: bool
     work = settings.index_dir.parent
     checkpoint = settings.checkpoint
     if checkpoint is None:
-        checkpoint = work / "demo" / f"embedder-r18-{image_size}px-{train_epochs}ep.pt"
+        cfg = demo_train_config(settings, train_epochs, metric_epochs, image_size, pretrained)
+        resolved = cfg.resolved()
+        init = "ImageNet" if pretrained else "random init"
+        checkpoint = work / "demo" / (
+            f"embedder-{resolved.backbone}-{resolved.image_size}px-"
+            f"{train_epochs}+{metric_epochs}ep{'' if pretrained else '-random'}.pt"
+        )
         if not checkpoint.is_file():
             typer.echo(
-                f"[2/4] training a small embedder (ResNet-18 + dual attention + GeM, "
-                f"{image_size} px, {train_epochs} epochs) on the 80 % train split"
-            )
-            cfg = TrainConfig(
-                dataset="ucm",
-                root=str(settings.data_root),
-                backbone="resnet18",
-                image_size=image_size,
-                batch_size=16,
-                max_epochs=train_epochs,
-                lr=3e-4,
-                negatives=1,
-                num_workers=settings.num_workers,
-                device=settings.device,
-                imagenet_weights=str(settings.imagenet_weights)
-                if settings.imagenet_weights
-                else None,
+                f"[2/4] fine-tuning {resolved.backbone} ({init}) + dual attention + GeM at "
+                f"{resolved.image_size} px on the 80 % train split: {train_epochs} classification "
+                f"epochs, {metric_epochs} contrastive hard-negative epochs, first "
+                f"{resolved.freeze_stages} stages frozen"
             )
             train_embedder(cfg, checkpoint)
         else:
