@@ -18,13 +18,21 @@ from PIL import Image
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from indexer.db import ImageRow, make_engine, make_sessionmaker
+from indexer.db import ImageRow, make_engine, make_sessionmaker, upgrade_db
 from indexer.pipeline import index_source
 from indexer.search import Searcher
 from indexer.store import IndexStore, ModelMismatchError
 from model.imageio import read_image
 from rsir.cli import app
 from tests.conftest import ucm_files
+
+
+@pytest.fixture(autouse=True)
+def _schema_at_head(request: pytest.FixtureRequest) -> None:
+    """A server DB is migrated in one place (`rsir db upgrade`) before anything indexes into it;
+    the embedded SQLite default migrates itself. Do here what deployment does."""
+    if "db_url" in request.fixturenames:
+        upgrade_db(request.getfixturevalue("db_url"))
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
