@@ -154,6 +154,8 @@ def stage_maps(
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
         done = 0
+        for stage in trunk.stages[:frozen_stages]:
+            stage.eval()  # frozen: running batch-norm statistics, never the batch's own
         with torch.inference_mode():
             for batch, batch_labels in tqdm(
                 loader, desc="caching the frozen stages", unit="batch", dynamic_ncols=True

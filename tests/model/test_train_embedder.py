@@ -47,9 +47,11 @@ def _lite_config(root: Path, **overrides: object) -> TrainConfig:
 def test_cached_stage_maps_give_the_same_descriptors(tiny_folder: Path) -> None:
     images = discover_dataset("folder", tiny_folder)
     net, _ = build_embedder(EmbedderConfig("efficientnet_lite0"))
-    net.eval()
     pre = Preprocessing.for_backbone("efficientnet_lite0", 64)
+    # A fresh network is in train mode: the frozen stages must still use their running
+    # batch-norm statistics (regression: batch statistics gave wrong maps).
     maps, labels = stage_maps(net.trunk, 3, images, pre, 0, torch.device("cpu"))
+    net.eval()
     assert labels.tolist() == images.labels
     batch = torch.stack(
         [pre.eval_transform()(Image.open(p).convert("RGB")) for p in images.paths[:8]]
