@@ -1,5 +1,6 @@
 // The search page: choose or drop a query image, POST /search, lay out the hits;
-// with the box ticked, POST /explain for the query's attention heat-map.
+// with the box ticked, POST /explain for the query's attention heat-map. Hits can be liked or
+// disliked; "Refine" searches again with them as relevance feedback (relevant, not_relevant).
 "use strict";
 
 (() => {
@@ -19,6 +20,9 @@
   const heatmapBox = document.getElementById("heatmap-box");
   const heatmap = document.getElementById("heatmap");
   const template = document.getElementById("hit-template");
+  const refineButton = document.getElementById("refine-button");
+  // Relevance feedback of the current query: hit id -> "relevant" | "not_relevant".
+  const marks = new Map();
 
   let queryFile = null;
   let previewUrl = null;
@@ -29,6 +33,8 @@
   function setQuery(file) {
     if (!file) return;
     queryFile = file;
+    marks.clear();
+    refineButton.disabled = true;
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = URL.createObjectURL(file);
     previewNote.hidden = true;
@@ -98,6 +104,26 @@
     }
   });
 
+  refineButton.addEventListener("click", () => search());
+
+  function mark(node, id, kind) {
+    if (marks.get(id) === kind) marks.delete(id);
+    else marks.set(id, kind);
+    showMarks(node, id);
+    refineButton.disabled = marks.size === 0;
+  }
+
+  function showMarks(node, id) {
+    node.querySelector(".like").setAttribute("aria-pressed", String(marks.get(id) === "relevant"));
+    node
+      .querySelector(".dislike")
+      .setAttribute("aria-pressed", String(marks.get(id) === "not_relevant"));
+  }
+
+  function markedIds(kind) {
+    return [...marks].filter(([, value]) => value === kind).map(([id]) => id);
+  }
+
   explainInput.addEventListener("change", () => {
     if (explainInput.checked) explain();
     else heatmapBox.hidden = true;
@@ -120,6 +146,10 @@
     const label = labelInput.value.trim();
     if (label) data.append("label", label);
     if (rsirMap.area) data.append("bbox", rsirMap.area);
+    for (const kind of ["relevant", "not_relevant"]) {
+      const ids = markedIds(kind);
+      if (ids.length) data.append(kind, ids.join(","));
+    }
     button.disabled = true;
     status.textContent = "Searching…";
     document.body.classList.add("busy");
@@ -157,8 +187,13 @@
       img.alt = `${hit.label || "image"} ${hit.id}`;
       img.addEventListener("error", () => node.classList.add("broken"));
       node.dataset.id = String(hit.id);
+      node.querySelector(".like").addEventListener("click", () => mark(node, hit.id, "relevant"));
+      node
+        .querySelector(".dislike")
+        .addEventListener("click", () => mark(node, hit.id, "not_relevant"));
+      showMarks(node, hit.id);
       node.addEventListener("click", (event) => {
-        if (event.target.closest(".hit-link")) return; // the thumbnail opens the file
+        if (event.target.closest(".hit-link, .hit-feedback")) return; // their own actions
         rsirMap.highlight(hit.id);
       });
       if (hit.bbox) {

@@ -351,3 +351,40 @@ def test_evaluations_page_shows_figures_and_pr_curve(
 def live_service_classes(service: LiveService) -> list[str]:
     """The class folders of the indexed copy."""
     return sorted(p.name for p in service.archive.iterdir() if p.is_dir())
+
+
+def test_like_dislike_and_refine_change_the_results(live_service: LiveService, page: Page) -> None:
+    image, label = query_image(live_service)
+    page.goto(live_service.url + "/")
+    page.fill("#k-input", "8")
+    page.set_input_files("#image-input", str(image))
+    page.wait_for_function("document.querySelectorAll('#results .hit').length === 8")
+    before = page.eval_on_selector_all("#results .hit", "nodes => nodes.map((n) => n.dataset.id)")
+    assert page.locator("#refine-button").is_disabled()
+
+    hits = page.locator("#results .hit")
+    liked = [hits.nth(i).get_attribute("data-id") for i in (0, 5)]
+    disliked = [hits.nth(i).get_attribute("data-id") for i in (1, 2)]
+    for i in (0, 5):
+        hits.nth(i).locator(".like").click()
+    for i in (1, 2):
+        hits.nth(i).locator(".dislike").click()
+    assert hits.nth(0).locator(".like").get_attribute("aria-pressed") == "true"
+    assert hits.nth(1).locator(".dislike").get_attribute("aria-pressed") == "true"
+
+    assert liked and disliked
+    # The same query without marks gives the same order: a change is the feedback's doing.
+    page.click("#refine-button")
+    page.wait_for_function(
+        "(old) => { const ids = [...document.querySelectorAll('#results .hit')]"
+        ".map((n) => n.dataset.id); return ids.length === 8 && ids.join() !== old.join(); }",
+        arg=before,
+    )
+    after = page.eval_on_selector_all("#results .hit", "nodes => nodes.map((n) => n.dataset.id)")
+    assert after != before
+    # The marks stay with the query: a liked hit that comes back still shows as liked.
+    for hit_id in liked:
+        if hit_id in after:
+            node = page.locator(f"#results .hit[data-id='{hit_id}'] .like")
+            assert node.get_attribute("aria-pressed") == "true"
+    assert label  # the query's class exists (the page searched a real indexed image)
