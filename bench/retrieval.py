@@ -302,7 +302,7 @@ def markdown(figures: dict[str, Any]) -> str:
         f"Cached-path check: descriptors from cached maps vs the checkpoint's own "
         f"forward pass on real images, lowest mean cosine {figures['cache_check_mean_cosine']}."
     )
-    lines += ["", *figures.get("notes", [])]
+    lines += ["", *(f"- {note}" for note in figures.get("notes", []))]
     return "\n".join(lines) + "\n"
 
 
