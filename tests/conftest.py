@@ -7,6 +7,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +107,23 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def lite0_descriptors(classes: list[str], per_class: int, size: int) -> tuple[Any, Any]:
+    """Off-the-shelf ImageNet EfficientNet-Lite0 + GeM descriptors of the first `per_class` real
+    UCM images of each class, and their labels (0..len(classes)-1)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from model.embedder import EmbedderConfig, build_embedder
+    from model.transforms import Preprocessing
+
+    paths = [p for c in classes for p in ucm_files(c, per_class)]
+    net, _ = build_embedder(EmbedderConfig("efficientnet_lite0", attention=False))
+    pre = Preprocessing.for_backbone("efficientnet_lite0", size)
+    batch = torch.stack([pre.eval_transform()(Image.open(p).convert("RGB")) for p in paths])
+    net.eval()
+    with torch.inference_mode():
+        descriptors = net(batch).numpy()
+    return descriptors, np.repeat(np.arange(len(classes)), per_class)

@@ -34,6 +34,7 @@ def _schema_at_head(request: pytest.FixtureRequest) -> None:
     if "db_url" in request.fixturenames:
         upgrade_db(request.getfixturevalue("db_url"))
 
+
 pytestmark = pytest.mark.slow
 runner = CliRunner()
 

@@ -23,7 +23,7 @@ from model.backbones import (
 )
 from model.embedder import EmbedderConfig, build_embedder
 from model.transforms import Preprocessing
-from tests.conftest import UCM_IMAGES
+from tests.conftest import UCM_IMAGES, lite0_descriptors
 
 WARPLANE, WING, SPACE_SHUTTLE = 895, 908, 812
 
@@ -150,15 +150,7 @@ def test_default_backbone_is_lite_without_resnet50_weights(
 
 def test_pretrained_descriptors_separate_real_classes() -> None:
     """Off the shelf, ImageNet features already rank same-class UCM images first."""
-    classes = ["airplane", "beach", "forest", "harbor"]
-    paths = [p for c in classes for p in sorted((UCM_IMAGES / c).glob("*.jpg"))[:5]]
-    labels = np.repeat(np.arange(len(classes)), 5)
-    net, _ = build_embedder(EmbedderConfig("efficientnet_lite0", attention=False))
-    pre = Preprocessing.for_backbone("efficientnet_lite0", 128)
-    batch = torch.stack([pre.eval_transform()(Image.open(p).convert("RGB")) for p in paths])
-    net.eval()
-    with torch.inference_mode():
-        d = net(batch).numpy()
+    d, labels = lite0_descriptors(["airplane", "beach", "forest", "harbor"], 5, 128)
     sims = d @ d.T
     np.fill_diagonal(sims, -np.inf)
     nearest = sims.argmax(axis=1)

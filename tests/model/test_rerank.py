@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from PIL import Image
 
-from model.embedder import EmbedderConfig, build_embedder
 from model.metrics import average_precision
 from model.rerank import alpha_query_expansion, database_augmentation, rocchio
-from model.transforms import Preprocessing
-from tests.conftest import UCM_IMAGES
+from tests.conftest import lite0_descriptors
 
 
 def _unit(v: list[float]) -> np.ndarray:
@@ -51,18 +47,11 @@ def test_relevance_feedback_improves_the_ranking_of_real_images() -> None:
     """Mark the true hits among the first results of a real query: the next ranking puts more
     images of the query's class first (AP rises)."""
     classes = ["denseresidential", "mediumresidential", "sparseresidential", "buildings"]
-    paths = [p for c in classes for p in sorted((UCM_IMAGES / c).glob("*.jpg"))[:12]]
-    labels = np.repeat(np.arange(len(classes)), 12)
-    net, _ = build_embedder(EmbedderConfig("efficientnet_lite0", attention=False))
-    pre = Preprocessing.for_backbone("efficientnet_lite0", 96)
-    batch = torch.stack([pre.eval_transform()(Image.open(p).convert("RGB")) for p in paths])
-    net.eval()
-    with torch.inference_mode():
-        db = net(batch).numpy()
+    db, labels = lite0_descriptors(classes, 12, 96)
     improved = 0
     queries = [0, 12, 24, 36]
     for qi in queries:
-        gallery = np.delete(np.arange(len(paths)), qi)
+        gallery = np.delete(np.arange(len(db)), qi)
         relevant_mask = labels[gallery] == labels[qi]
         before = db[gallery] @ db[qi]
         top = gallery[np.argsort(-before)[:10]]

@@ -6,11 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from model.embedder import EmbedderConfig, build_embedder
-from model.transforms import Preprocessing
 from model.whitening import (
     learn_lw_whitening,
     learn_pca_whitening,
@@ -18,7 +14,7 @@ from model.whitening import (
     load_whitening,
     matching_pairs,
 )
-from tests.conftest import UCM_IMAGES
+from tests.conftest import lite0_descriptors
 
 CLASSES = ("airplane", "beach", "forest", "harbor", "parkinglot", "river")
 PER_CLASS = 8
@@ -27,14 +23,8 @@ PER_CLASS = 8
 @pytest.fixture(scope="module")
 def real_descriptors() -> tuple[np.ndarray, np.ndarray]:
     """ImageNet EfficientNet-Lite0 descriptors of 48 real UCM images (6 classes)."""
-    paths = [p for c in CLASSES for p in sorted((UCM_IMAGES / c).glob("*.jpg"))[:PER_CLASS]]
-    net, _ = build_embedder(EmbedderConfig("efficientnet_lite0", attention=False))
-    pre = Preprocessing.for_backbone("efficientnet_lite0", 96)
-    batch = torch.stack([pre.eval_transform()(Image.open(p).convert("RGB")) for p in paths])
-    net.eval()
-    with torch.inference_mode():
-        descriptors = net(batch).numpy().astype(np.float64)
-    return descriptors, np.repeat(np.arange(len(CLASSES)), PER_CLASS)
+    descriptors, labels = lite0_descriptors(list(CLASSES), PER_CLASS, 96)
+    return descriptors.astype(np.float64), labels
 
 
 def test_pca_whitening_is_a_rotation_then_a_scaling(
