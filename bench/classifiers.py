@@ -118,6 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nwpu-ratio", type=float, default=0.2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--workers", type=int, default=2, help="decoding worker processes")
     parser.add_argument("--runs", nargs="+", default=[r.key for r in RUNS])
     parser.add_argument("--out", type=Path, default=RESULTS / "classifiers")
     parser.add_argument("--quick", action="store_true", help="smoke run into /tmp")
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.render.with_suffix(".md").write_text(markdown(rendered))
         return rendered
     torch.set_num_threads(args.threads)
+    args.out.with_suffix(".partial.json").unlink(missing_ok=True)
     started = time.perf_counter()
     datasets = [("ucm", 0.8, args.ucm_per_class), ("nwpu", args.nwpu_ratio, args.nwpu_per_class)]
     runs = [r for r in RUNS if r.key in args.runs]
@@ -181,7 +183,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         all_classes = discover_dataset(kind, args.data_root).class_names
         classes = all_classes[: args.classes] if args.classes else None
         images = dataset_for(kind, args.data_root, per_class or None, classes)
-        bank = load_image_bank(images.paths, images.labels, args.image_size, num_workers=2)
+        bank = load_image_bank(
+            images.paths, images.labels, args.image_size, num_workers=args.workers
+        )
         figures: dict[str, dict[str, Any]] = {r.key: {"oa": [], "seconds": []} for r in runs}
         for seed in args.seeds:
             split = stratified_split(images.labels, ratio, seed)
@@ -215,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     recipe=config.resolved_recipe().to_dict(),
                 )
                 log.info("%s seed %d %s: OA %.4f (%.0f s)", kind, seed, run.key, oa, seconds)
+                _save_partial(args.out, kind, seed, figures)
         for fig in figures.values():
             fig["oa_mean_std"] = mean_std(fig["oa"])
         results["datasets"][kind] = {
@@ -251,6 +256,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.with_suffix(".md").write_text(markdown(results))
     log.info("wrote %s.json and .md in %.0f s", args.out, results["wall_seconds"])
     return results
+
+
+def _save_partial(out: Path, kind: str, seed: int, figures: dict[str, Any]) -> None:
+    """Keep each finished run on disk at once: a long run cut short still reports its figures."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_suffix(".partial.json")
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    done[kind] = {"last_seed": seed, "runs": figures, "machine": machine_description()}
+    path.write_text(json.dumps(done, indent=1))
 
 
 def _pm(fig: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ from bench.common import DATA_ROOT, REPO, RESULTS, write_report
 from indexer.evaluate import Refinements, refine, retrieval_metrics
 from model.checkpoint import load_embedder
 from model.datasets import LabeledImages, discover_dataset, stratified_split
+from model.device import best_device
 from model.embedder import Embedder, EmbedderConfig, build_embedder
 from model.machine import machine_info
 from model.train_embedder import TrainConfig, train_embedder
@@ -49,13 +50,14 @@ REFINEMENTS = {
 
 
 def descriptors(net: Embedder, maps: torch.Tensor, start: int, batch: int = 128) -> np.ndarray:
-    """Unit descriptors of every image from its cached frozen-stage maps."""
+    """Unit descriptors of every image from its cached frozen-stage maps, on the net's device."""
     net.eval()
+    device = next(net.parameters()).device
     out = []
     with torch.inference_mode():
         for i in range(0, len(maps), batch):
-            x = maps[i : i + batch].float().contiguous(memory_format=torch.channels_last)
-            out.append(net.embed_from(x, start).numpy())
+            x = maps[i : i + batch].to(device).float().contiguous(memory_format=torch.channels_last)
+            out.append(net.embed_from(x, start).cpu().numpy())
     return np.vstack(out)
 
 
@@ -69,7 +71,7 @@ def check_against_full_path(
     batch = torch.stack([pre.eval_transform()(read_image(images.paths[i])) for i in idx])
     net.eval()
     with torch.inference_mode():
-        full = net(batch).numpy()
+        full = net(batch.to(next(net.parameters()).device)).cpu().numpy()
     return float((full * cached[idx]).sum(axis=1).mean())
 
 
@@ -102,9 +104,11 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
     generalisation: list[dict[str, Any]] = []
     checks: list[float] = []
     datasets = {d: discover_dataset(d, DATA_ROOT) for d in args.datasets}
-    backbone = "efficientnet_lite0"
+    backbone = args.backbone
+    device = best_device(args.device)
     pre = Preprocessing.for_backbone(backbone, args.image_size)
     probe, init = build_embedder(EmbedderConfig(backbone, attention=False))
+    probe.to(device)
     all_maps = {}
     for name, images in datasets.items():
         started = time.monotonic()
@@ -113,8 +117,8 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
             args.freeze_stages,
             images,
             pre,
-            2,
-            torch.device("cpu"),
+            args.workers,
+            device,
             cache,
             weights_id=f"{backbone}:{init}",
         )
@@ -133,6 +137,7 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
             "ce_epochs": args.ce_epochs,
             "metric_epochs": args.metric_epochs,
             "lr": args.lr,
+            "batch_size": args.batch_size,
             "seeds": args.seeds,
             "protocol": "split: queries = 20 % test split, gallery = 80 % train split (per seed)",
         },
@@ -170,9 +175,10 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
                     lr=args.lr,
                     freeze_stages=args.freeze_stages,
                     seed=seed,
-                    num_workers=2,
+                    num_workers=args.workers,
+                    device=str(device),
                     feature_cache=str(cache),
-                    batch_size=16,
+                    batch_size=args.batch_size,
                     negatives=2,
                 )
                 out = work / f"{name}-{'att' if attention else 'gem'}-seed{seed}.pt"
@@ -180,6 +186,7 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
                 train_embedder(cfg, out)
                 seconds = time.monotonic() - started
                 net, ckpt = load_embedder(out)
+                net.to(device)
                 vectors = descriptors(net, all_maps[name], args.freeze_stages)
                 checks.append(check_against_full_path(net, ckpt.preprocessing, images, vectors))
                 row = {
@@ -261,8 +268,13 @@ def markdown(figures: dict[str, Any]) -> str:
         "# Retrieval benchmark (ImageNet initialisation)",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}; torch {m['torch']}; "
-        f"date {m['date']}. The two cores were shared with other work during the run: "
-        "training seconds are upper bounds.",
+        f"date {m['date']}."
+        + (
+            ""
+            if m["gpu"]
+            else " The two cores were shared with other work during the run: "
+            "training seconds are upper bounds."
+        ),
         "",
         f"Recipe: {r['backbone']} (init `{r['init']}`), {r['image_size']} px, first "
         f"{r['freeze_stages']} stages frozen (cached), {r['ce_epochs']} normalised-softmax "
@@ -315,6 +327,11 @@ def main() -> None:
     parser.add_argument("--ce-epochs", type=int, default=4)
     parser.add_argument("--metric-epochs", type=int, default=0)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", help="auto: CUDA when present, else CPU")
+    parser.add_argument("--workers", type=int, default=2, help="decoding worker processes")
+    parser.add_argument("--name", default="retrieval", help="report name under bench/results")
     parser.add_argument("--work", default=str(REPO / "var" / "bench-retrieval"))
     parser.add_argument("--render", action="store_true", help="Rewrite the report from JSON.")
     parser.add_argument(
@@ -323,10 +340,10 @@ def main() -> None:
     parser.add_argument("--note", action="append", default=[], help="A line for the report.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    saved = RESULTS / "retrieval.json"
+    saved = RESULTS / f"{args.name}.json"
     if args.render:
         figures = json.loads(saved.read_text())
-        write_report("retrieval", figures, markdown(figures))
+        write_report(args.name, figures, markdown(figures))
     else:
         old = json.loads(saved.read_text()) if args.append and saved.is_file() else None
 
@@ -337,7 +354,7 @@ def main() -> None:
                 merged["rows"] = [*old["rows"], *partial["rows"]]
                 merged["generalisation"] = [*old["generalisation"], *partial["generalisation"]]
                 merged["notes"] = [*old.get("notes", []), *args.note]
-            write_report("retrieval", merged, markdown(merged))
+            write_report(args.name, merged, markdown(merged))
 
         save(run(args, save))
         figures = json.loads(saved.read_text())
