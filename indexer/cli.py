@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from rsir.settings import get_settings
+from rsir.settings import get_settings, option_help
 
 app = typer.Typer()
 
@@ -21,30 +21,24 @@ def _fail(message: str) -> typer.Exit:
 @app.command()
 def index(
     src: Annotated[Path, typer.Argument(help="Folder, .zip, .tar, .tar.gz or GeoTIFF scene.")],
-    checkpoint: Annotated[Path | None, typer.Option(help="Embedder checkpoint.")] = None,
-    index_dir: Annotated[Path | None, typer.Option(help="Where index and DB live.")] = None,
-    db: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the metadata DB.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help=option_help("checkpoint"))] = None,
+    index_dir: Annotated[Path | None, typer.Option(help=option_help("index_dir"))] = None,
+    db_url: Annotated[str | None, typer.Option("--db", help=option_help("db_url"))] = None,
     index_factory: Annotated[
-        str, typer.Option("--index", help="FAISS factory string: Flat, HNSW32, IVF1024,PQ64.")
-    ] = "Flat",
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    num_workers: Annotated[int | None, typer.Option(help="Decoding processes.")] = None,
-    commit_every: Annotated[
-        int, typer.Option(help="Images per committed index version (resume granularity).")
-    ] = 2048,
-    tile_size: Annotated[int, typer.Option(help="Scenes: tile side in output pixels.")] = 256,
-    stride: Annotated[
-        int | None, typer.Option(help="Scenes: source pixels between tiles (default: no overlap).")
+        str | None,
+        typer.Option(
+            "--index",
+            help=option_help("index_factory", "FAISS factory string: Flat, HNSW32, IVF1024,PQ64."),
+        ),
     ] = None,
-    resolution: Annotated[
-        float | None, typer.Option(help="Scenes: ground size of a tile pixel (CRS units).")
-    ] = None,
-    bands: Annotated[
-        str | None, typer.Option(help="Scenes: 1 or 3 band numbers, e.g. 4,3,2 (Sentinel-2).")
-    ] = None,
-    max_nodata: Annotated[
-        float, typer.Option(help="Scenes: skip tiles with a larger nodata fraction.")
-    ] = 0.5,
+    batch_size: Annotated[int | None, typer.Option(help=option_help("batch_size"))] = None,
+    num_workers: Annotated[int | None, typer.Option(help=option_help("num_workers"))] = None,
+    commit_every: Annotated[int | None, typer.Option(help=option_help("commit_every"))] = None,
+    tile_size: Annotated[int | None, typer.Option(help=option_help("tile_size"))] = None,
+    stride: Annotated[int | None, typer.Option(help=option_help("stride"))] = None,
+    resolution: Annotated[float | None, typer.Option(help=option_help("resolution"))] = None,
+    bands: Annotated[str | None, typer.Option(help=option_help("bands"))] = None,
+    max_nodata: Annotated[float | None, typer.Option(help=option_help("max_nodata"))] = None,
 ) -> None:
     """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume)."""
     from indexer.db import SchemaOutOfDateError
@@ -56,14 +50,27 @@ def index(
     settings = get_settings(
         checkpoint=checkpoint,
         index_dir=index_dir,
-        db_url=db,
+        db_url=db_url,
+        index_factory=index_factory,
         batch_size=batch_size,
         num_workers=num_workers,
+        commit_every=commit_every,
+        tile_size=tile_size,
+        stride=stride,
+        resolution=resolution,
+        bands=bands,
+        max_nodata=max_nodata,
     )
     if settings.checkpoint is None:
         raise _fail("no checkpoint: pass --checkpoint or set RSIR_CHECKPOINT")
     try:
-        tiles = TileOptions(tile_size, stride, resolution, parse_bands(bands), max_nodata)
+        tiles = TileOptions(
+            settings.tile_size,
+            settings.stride,
+            settings.resolution,
+            parse_bands(settings.bands),
+            settings.max_nodata,
+        )
     except SceneError as exc:
         raise _fail(str(exc)) from None
     try:
@@ -73,13 +80,13 @@ def index(
                 checkpoint_path=settings.checkpoint,
                 index_dir=settings.index_dir,
                 db_url=settings.resolved_db_url(),
-                factory=index_factory,
+                factory=settings.index_factory,
                 batch_size=settings.batch_size,
                 num_workers=settings.num_workers,
                 device=settings.device,
                 runtime=settings.runtime,
                 max_pixels=settings.max_pixels,
-                commit_every=commit_every,
+                commit_every=settings.commit_every,
                 tiles=tiles,
                 progress=progress,
             )
@@ -110,11 +117,14 @@ def search(
     image: Annotated[
         Path | None, typer.Argument(help="Query image (or --scene with --window/--place).")
     ] = None,
-    index_dir: Annotated[Path | None, typer.Option()] = None,
+    index_dir: Annotated[Path | None, typer.Option(help=option_help("index_dir"))] = None,
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Default: the checkpoint that made the index.")
+        Path | None,
+        typer.Option(
+            help=option_help("checkpoint", "Embedder checkpoint; default: the one of the index.")
+        ),
     ] = None,
-    db: Annotated[str | None, typer.Option()] = None,
+    db_url: Annotated[str | None, typer.Option("--db", help=option_help("db_url"))] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1)] = 10,
     label: Annotated[str | None, typer.Option(help="Only hits of this class.")] = None,
     bbox: Annotated[
@@ -154,7 +164,7 @@ def search(
     from indexer.store import ModelMismatchError
     from model.imageio import ImageDecodeError
 
-    settings = get_settings(index_dir=index_dir, db_url=db)
+    settings = get_settings(index_dir=index_dir, db_url=db_url, checkpoint=checkpoint)
     if (image is None) == (scene is None):
         raise _fail("give a query IMAGE or --scene ID (with --window or --place)")
     try:
@@ -162,7 +172,7 @@ def search(
         feedback = Feedback.parse(relevant, not_relevant)
         searcher = Searcher.open(
             settings.index_dir,
-            checkpoint or None,
+            settings.checkpoint,
             settings.resolved_db_url(),
             settings.device,
             settings.runtime,
@@ -200,52 +210,61 @@ def search(
 
 @app.command()
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option(help="Embedder checkpoint.")],
     out: Annotated[Path, typer.Option(help="Folder for results.json, split.json, pr_curve.png.")],
-    dataset: Annotated[str, typer.Option(help="ucm, nwpu, satrem or folder.")] = "ucm",
-    root: Annotated[Path | None, typer.Option(help="Data root (default RSIR_DATA_ROOT).")] = None,
-    protocol: Annotated[str, typer.Option(help="split or all-vs-all.")] = "split",
-    seed: Annotated[int | None, typer.Option(help="Split seed (default: training's).")] = None,
-    per_class: Annotated[int | None, typer.Option(help="Use N images per class.")] = None,
-    scales: Annotated[
-        str,
-        typer.Option(
-            help="Multi-scale: size factors whose descriptors are summed, e.g. 1,0.707,1.414"
-        ),
-    ] = "1",
-    whiten: Annotated[
-        str | None, typer.Option(help="Whitening learned on the gallery side: pca or lw.")
+    checkpoint: Annotated[Path | None, typer.Option(help=option_help("checkpoint"))] = None,
+    dataset: Annotated[str | None, typer.Option(help=option_help("dataset"))] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--root", "--data-root", help=option_help("data_root"))
     ] = None,
-    whiten_dim: Annotated[int | None, typer.Option(help="Whitening output dimension.")] = None,
-    dba: Annotated[int, typer.Option(help="Database-side augmentation neighbours (0: off).")] = 0,
-    qe: Annotated[int, typer.Option(help="Alpha query-expansion neighbours (0: off).")] = 0,
+    protocol: Annotated[str | None, typer.Option(help=option_help("protocol"))] = None,
+    seed: Annotated[int | None, typer.Option(help=option_help("seed"))] = None,
+    per_class: Annotated[int | None, typer.Option(help=option_help("per_class"))] = None,
+    scales: Annotated[str | None, typer.Option(help=option_help("scales"))] = None,
+    whiten: Annotated[str | None, typer.Option(help=option_help("whiten"))] = None,
+    whiten_dim: Annotated[int | None, typer.Option(help=option_help("whiten_dim"))] = None,
+    dba: Annotated[int | None, typer.Option(help=option_help("dba"))] = None,
+    qe: Annotated[int | None, typer.Option(help=option_help("qe"))] = None,
 ) -> None:
     """mAP, mAP@k, P@k and per-class AP; writes JSON and a PR-curve PNG."""
     from indexer.evaluate import Refinements, evaluate_retrieval
     from rsir.progress import progress_bar
 
-    settings = get_settings()
+    settings = get_settings(
+        checkpoint=checkpoint,
+        dataset=dataset,
+        data_root=data_root,
+        protocol=protocol,
+        seed=seed,
+        per_class=per_class,
+        scales=scales,
+        whiten=whiten,
+        whiten_dim=whiten_dim,
+        dba=dba,
+        qe=qe,
+    )
+    if settings.checkpoint is None:
+        raise _fail("no checkpoint: pass --checkpoint or set RSIR_CHECKPOINT")
     try:
         with progress_bar("embedding") as progress:
             results = evaluate_retrieval(
-                checkpoint_path=checkpoint,
-                dataset=dataset,
-                root=root or settings.data_root,
+                checkpoint_path=settings.checkpoint,
+                dataset=settings.dataset,
+                root=settings.data_root,
                 out_dir=out,
-                protocol=protocol,
-                seed=seed,
-                per_class=per_class,
+                protocol=settings.protocol,
+                seed=settings.seed,
+                per_class=settings.per_class,
                 batch_size=settings.batch_size,
                 num_workers=settings.num_workers,
                 device=settings.device,
                 runtime=settings.runtime,
                 progress=progress,
                 refinements=Refinements(
-                    scales=tuple(float(s) for s in scales.split(",")),
-                    whitening=whiten,
-                    whitening_dim=whiten_dim,
-                    dba=dba,
-                    qe=qe,
+                    scales=tuple(float(s) for s in settings.scales.split(",")),
+                    whitening=settings.whiten,
+                    whitening_dim=settings.whiten_dim,
+                    dba=settings.dba,
+                    qe=settings.qe,
                 ),
             )
     except (FileNotFoundError, ValueError) as exc:
@@ -274,8 +293,8 @@ def format_results_table(results: dict) -> str:
 def remove(
     ids: Annotated[list[int] | None, typer.Argument(help="Image ids to delete.")] = None,
     source: Annotated[str | None, typer.Option(help="Delete every image of this source.")] = None,
-    index_dir: Annotated[Path | None, typer.Option()] = None,
-    db: Annotated[str | None, typer.Option()] = None,
+    index_dir: Annotated[Path | None, typer.Option(help=option_help("index_dir"))] = None,
+    db_url: Annotated[str | None, typer.Option("--db", help=option_help("db_url"))] = None,
 ) -> None:
     """Delete images from index and DB together, by id or by source."""
     from sqlalchemy import select
@@ -284,7 +303,7 @@ def remove(
     from indexer.sources import canonical_source
     from indexer.store import IndexStore
 
-    settings = get_settings(index_dir=index_dir, db_url=db)
+    settings = get_settings(index_dir=index_dir, db_url=db_url)
     if not ids and source is None:
         raise _fail("give ids or --source")
     engine = make_engine(settings.resolved_db_url())
@@ -308,13 +327,13 @@ def remove(
 
 @app.command()
 def compact(
-    index_dir: Annotated[Path | None, typer.Option()] = None,
-    db: Annotated[str | None, typer.Option()] = None,
-    full: Annotated[
-        bool, typer.Option(help="Merge every run of segments that fits (else: the tier policy).")
-    ] = True,
+    index_dir: Annotated[Path | None, typer.Option(help=option_help("index_dir"))] = None,
+    db_url: Annotated[str | None, typer.Option("--db", help=option_help("db_url"))] = None,
+    compact_full: Annotated[
+        bool | None, typer.Option("--full/--no-full", help=option_help("compact_full"))
+    ] = None,
     merge_factor: Annotated[
-        int | None, typer.Option(min=2, help="Segments of one tier merged at once.")
+        int | None, typer.Option(min=2, help=option_help("merge_factor"))
     ] = None,
 ) -> None:
     """Merge small segments and drop removed vectors; each merge commits, so a re-run resumes."""
@@ -323,14 +342,16 @@ def compact(
     from indexer.db import make_engine
     from indexer.store import IndexStore
 
-    settings = get_settings(index_dir=index_dir, db_url=db)
+    settings = get_settings(
+        index_dir=index_dir, db_url=db_url, compact_full=compact_full, merge_factor=merge_factor
+    )
     engine = make_engine(settings.resolved_db_url())
     try:
         with IndexStore.open(settings.index_dir, engine, writable=True) as store:
-            if merge_factor is not None:
-                store.policy = replace(store.policy, factor=merge_factor)
+            if settings.merge_factor is not None:
+                store.policy = replace(store.policy, factor=settings.merge_factor)
             before = store.segment_count
-            merges = store.compact(full=full)
+            merges = store.compact(full=settings.compact_full)
             typer.echo(
                 f"{merges} merges: {before} -> {store.segment_count} segments; "
                 f"index holds {store.ntotal} (version {store.version})"

@@ -10,7 +10,7 @@ import typer
 
 from model.backbones import list_backbones
 from model.datasets import DATASET_KINDS
-from rsir.settings import get_settings
+from rsir.settings import Settings, get_settings, option_help
 
 app = typer.Typer()
 
@@ -24,43 +24,53 @@ def _methods() -> str:
 @app.command("train-classifier")
 def train_classifier_command(
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.pt).")],
-    method: Annotated[str, typer.Option(help=f"One of {_methods()}.")] = "plain",
-    dataset: Annotated[str, typer.Option(help=f"One of {', '.join(DATASET_KINDS)}.")] = "ucm",
-    root: Annotated[Path | None, typer.Option(help="Data root (default: RSIR_DATA_ROOT).")] = None,
+    classifier_method: Annotated[
+        str | None,
+        typer.Option("--method", help=option_help("classifier_method", f"One of {_methods()}.")),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help=option_help("dataset", f"One of {', '.join(DATASET_KINDS)}."))
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--root", "--data-root", help=option_help("data_root"))
+    ] = None,
     backbone: Annotated[
         str | None,
         typer.Option(
-            help=f"One of {', '.join(list_backbones())}; default: resnet50 when its ImageNet "
-            "file is here, else efficientnet_lite0 (whose weights every install has)."
+            help=option_help(
+                "backbone",
+                f"One of {', '.join(list_backbones())}; default: resnet50 when its ImageNet "
+                "file is here, else efficientnet_lite0 (whose weights every install has).",
+            )
         ),
     ] = None,
-    train_ratio: Annotated[
-        float, typer.Option(help="Train fraction: UCM 0.8, NWPU 0.1 or 0.2 (papers).")
-    ] = 0.8,
-    image_size: Annotated[
-        int | None, typer.Option(help="Square input size in pixels; default: the backbone's.")
+    train_ratio: Annotated[float | None, typer.Option(help=option_help("train_ratio"))] = None,
+    image_size: Annotated[int | None, typer.Option(help=option_help("image_size"))] = None,
+    classifier_max_epochs: Annotated[
+        int | None, typer.Option("--max-epochs", help=option_help("classifier_max_epochs"))
     ] = None,
-    max_epochs: Annotated[int, typer.Option(help="Training epochs (DDRL-AM: per step).")] = 40,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
-    per_class: Annotated[int | None, typer.Option(help="Use N images per class.")] = None,
-    classes: Annotated[
-        str | None, typer.Option(help="Comma-separated class names to keep (quick runs).")
+    classifier_batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help=option_help("classifier_batch_size"))
     ] = None,
-    lr: Annotated[float | None, typer.Option(help="Base learning rate; default: paper.")] = None,
+    seed: Annotated[int | None, typer.Option(help=option_help("seed"))] = None,
+    per_class: Annotated[int | None, typer.Option(help=option_help("per_class"))] = None,
+    classes: Annotated[str | None, typer.Option(help=option_help("classes"))] = None,
+    classifier_lr: Annotated[
+        float | None, typer.Option("--lr", help=option_help("classifier_lr"))
+    ] = None,
     attention_epochs: Annotated[
-        int | None, typer.Option(help="DDRL-AM step 1 epochs (default: max-epochs).")
+        int | None, typer.Option(help=option_help("attention_epochs"))
     ] = None,
-    freeze_stages: Annotated[
-        int, typer.Option(help="Keep the backbone's first N of 4 stages fixed (fast on a CPU).")
-    ] = 0,
+    freeze_stages: Annotated[int | None, typer.Option(help=option_help("freeze_stages"))] = None,
     pretrained: Annotated[
-        bool, typer.Option(help="ImageNet weights (--no-pretrained: random initialisation).")
-    ] = True,
-    cache_dir: Annotated[Path, typer.Option(help="DDRL-AM Grad-CAM map cache.")] = Path(
-        "var/cache/gradcam"
-    ),
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+        bool | None, typer.Option("--pretrained/--no-pretrained", help=option_help("pretrained"))
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help=option_help("cache_dir", "Caches (DDRL-AM Grad-CAM maps)."))
+    ] = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help=option_help("progress"))
+    ] = None,
 ) -> None:
     """Train a scene classifier on the train part of a seeded stratified split."""
     from dataclasses import replace
@@ -69,31 +79,56 @@ def train_classifier_command(
     from model.classifiers.registry import get_method
     from model.classifiers.training import TrainConfig, train_classifier
 
-    settings = get_settings()
-    recipe_of = get_method(method).recipe
-    wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    config = TrainConfig(
-        method=method,
+    settings = get_settings(
+        classifier_method=classifier_method,
+        dataset=dataset,
+        data_root=data_root,
         backbone=backbone,
-        image_size=image_size,
-        epochs=max_epochs,
-        batch_size=batch_size,
-        seed=seed,
         train_ratio=train_ratio,
+        image_size=image_size,
+        classifier_max_epochs=classifier_max_epochs,
+        classifier_batch_size=classifier_batch_size,
+        seed=seed,
+        per_class=per_class,
+        classes=classes,
+        classifier_lr=classifier_lr,
         attention_epochs=attention_epochs,
         freeze_stages=freeze_stages,
-        per_class=per_class,
-        classes=wanted,
         pretrained=pretrained,
-        weights_path=settings.imagenet_weights,
-        device=settings.device,
         cache_dir=cache_dir,
-        num_workers=settings.num_workers,
         progress=progress,
     )
-    if lr is not None:
-        config.recipe = replace(recipe_of(batch_size), lr=lr)
-    images = dataset_for(dataset, root or settings.data_root, per_class, wanted)
+    method = settings.classifier_method
+    dataset_kind = settings.dataset
+    epochs = settings.classifier_max_epochs
+    batch_size = settings.classifier_batch_size
+    split_seed = settings.seed or 0
+    recipe_of = get_method(method).recipe
+    wanted = (
+        [c.strip() for c in settings.classes.split(",") if c.strip()] if settings.classes else None
+    )
+    config = TrainConfig(
+        method=method,
+        backbone=settings.backbone,
+        image_size=settings.image_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=split_seed,
+        train_ratio=settings.train_ratio,
+        attention_epochs=settings.attention_epochs,
+        freeze_stages=settings.freeze_stages,
+        per_class=settings.per_class,
+        classes=wanted,
+        pretrained=settings.pretrained,
+        weights_path=settings.imagenet_weights,
+        device=settings.device,
+        cache_dir=gradcam_cache(settings),
+        num_workers=settings.num_workers,
+        progress=settings.progress,
+    )
+    if settings.classifier_lr is not None:
+        config.recipe = replace(recipe_of(batch_size), lr=settings.classifier_lr)
+    images = dataset_for(dataset_kind, settings.data_root, settings.per_class, wanted)
     trained = train_classifier(images, config, out)
     report = test_report(
         trained.net,
@@ -110,12 +145,12 @@ def train_classifier_command(
         "checkpoint": str(out),
         "fingerprint": ckpt.fingerprint,
         "init": ckpt.init,
-        "dataset": dataset,
+        "dataset": dataset_kind,
         "classes": images.class_names,
         "image_size": trained.checkpoint.preprocessing.image_size,
-        "epochs": max_epochs,
-        "train_fraction": train_ratio,
-        "split_seeds": [seed],
+        "epochs": epochs,
+        "train_fraction": settings.train_ratio,
+        "split_seeds": [split_seed],
         "n_train": len(trained.split.train),
         "train_seconds": trained.seconds,
         "test": report.to_dict(),
@@ -125,7 +160,7 @@ def train_classifier_command(
     results_path.write_text(json.dumps(results, indent=1))
     typer.echo(
         f"{method} ({ckpt.config['backbone']}, init {ckpt.init}) on {len(trained.split.train)} "
-        f"{dataset} images: test OA {report.overall_accuracy:.4f} on {report.n_test}; "
+        f"{dataset_kind} images: test OA {report.overall_accuracy:.4f} on {report.n_test}; "
         f"checkpoint written to {out}, figures to {results_path}"
     )
 
@@ -134,32 +169,47 @@ def train_classifier_command(
 def evaluate_classifier_command(
     checkpoint: Annotated[Path, typer.Option(help="Classifier checkpoint (.pt).")],
     out: Annotated[Path, typer.Option(help="Folder for results.json and confusion matrices.")],
-    dataset: Annotated[str, typer.Option(help=f"One of {', '.join(DATASET_KINDS)}.")] = "ucm",
-    root: Annotated[Path | None, typer.Option(help="Data root (default: RSIR_DATA_ROOT).")] = None,
-    repeats: Annotated[
-        int, typer.Option(help="Seeded splits; beyond the first, the recipe is retrained.")
-    ] = 1,
-    cache_dir: Annotated[Path, typer.Option(help="DDRL-AM Grad-CAM map cache.")] = Path(
-        "var/cache/gradcam"
-    ),
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    dataset: Annotated[
+        str | None, typer.Option(help=option_help("dataset", f"One of {', '.join(DATASET_KINDS)}."))
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--root", "--data-root", help=option_help("data_root"))
+    ] = None,
+    repeats: Annotated[int | None, typer.Option(help=option_help("repeats"))] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help=option_help("cache_dir", "Caches (DDRL-AM Grad-CAM maps)."))
+    ] = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help=option_help("progress"))
+    ] = None,
 ) -> None:
     """OA, per-class accuracy and confusion matrix (JSON + PNG), mean +- std over splits."""
     from model.classifiers.evaluation import evaluate_classifier
 
-    settings = get_settings()
+    settings = get_settings(
+        dataset=dataset,
+        data_root=data_root,
+        repeats=repeats,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
     results = evaluate_classifier(
         checkpoint,
-        dataset,
-        root or settings.data_root,
+        settings.dataset,
+        settings.data_root,
         out,
-        repeats=repeats,
+        repeats=settings.repeats,
         device=settings.device,
-        progress=progress,
-        cache_dir=cache_dir,
+        progress=settings.progress,
+        cache_dir=gradcam_cache(settings),
     )
     oa = results["overall_accuracy"]
     typer.echo(
-        f"{results['method']} on {dataset}: OA {oa['mean']:.4f} +- {oa['std']:.4f} over "
+        f"{results['method']} on {settings.dataset}: OA {oa['mean']:.4f} +- {oa['std']:.4f} over "
         f"{oa['n']} split(s) {results['split_seeds']}; results in {out / 'results.json'}"
     )
+
+
+def gradcam_cache(settings: Settings) -> Path:
+    """DDRL-AM's Grad-CAM maps: a folder of the one cache folder."""
+    return settings.resolved_cache_dir() / "gradcam"

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from model.datasets import DATASET_KINDS
-from rsir.settings import get_settings
+from rsir.settings import get_settings, option_help
 
 app = typer.Typer()
 
@@ -16,51 +16,45 @@ app = typer.Typer()
 @app.command()
 def train(
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.pt).")],
-    dataset: Annotated[str, typer.Option(help=f"One of {', '.join(DATASET_KINDS)}.")] = "ucm",
-    root: Annotated[Path | None, typer.Option(help="Data root (default: RSIR_DATA_ROOT).")] = None,
-    backbone: Annotated[
-        str | None,
-        typer.Option(
-            help="Any registered backbone (rsir weights list); default: resnet50 when its "
-            "ImageNet file is here, else efficientnet_lite0."
-        ),
+    dataset: Annotated[
+        str | None, typer.Option(help=option_help("dataset", f"One of {', '.join(DATASET_KINDS)}."))
     ] = None,
-    pooling: Annotated[str, typer.Option(help="gem, spoc or mac.")] = "gem",
-    attention: Annotated[bool, typer.Option(help="Dual attention on or off.")] = True,
-    image_size: Annotated[
-        int | None, typer.Option(help="Square input size; default: the backbone's native size.")
+    data_root: Annotated[
+        Path | None, typer.Option("--root", "--data-root", help=option_help("data_root"))
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Tuples per step.")] = 8,
-    max_epochs: Annotated[int, typer.Option(help="Contrastive (hard-negative) epochs.")] = 10,
-    ce_epochs: Annotated[
-        int, typer.Option(help="Classification warm-start epochs before the contrastive ones.")
-    ] = 0,
-    lr: Annotated[float, typer.Option()] = 1e-4,
-    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up.")] = 50,
-    min_scale: Annotated[
-        float, typer.Option(help="Scale augmentation: crops of at least this area fraction.")
-    ] = 0.5,
-    margin: Annotated[float, typer.Option(help="Contrastive margin tau.")] = 0.7,
-    negatives: Annotated[int, typer.Option(help="Hard negatives per query.")] = 2,
-    seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
-    per_class: Annotated[int | None, typer.Option(help="Use N images per class.")] = None,
+    backbone: Annotated[str | None, typer.Option(help=option_help("backbone"))] = None,
+    pooling: Annotated[str | None, typer.Option(help=option_help("pooling"))] = None,
+    attention: Annotated[
+        bool | None, typer.Option("--attention/--no-attention", help=option_help("attention"))
+    ] = None,
+    image_size: Annotated[int | None, typer.Option(help=option_help("image_size"))] = None,
+    train_batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help=option_help("train_batch_size"))
+    ] = None,
+    max_epochs: Annotated[int | None, typer.Option(help=option_help("max_epochs"))] = None,
+    ce_epochs: Annotated[int | None, typer.Option(help=option_help("ce_epochs"))] = None,
+    lr: Annotated[float | None, typer.Option(help=option_help("lr"))] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help=option_help("warmup_steps"))] = None,
+    min_scale: Annotated[float | None, typer.Option(help=option_help("min_scale"))] = None,
+    margin: Annotated[float | None, typer.Option(help=option_help("margin"))] = None,
+    negatives: Annotated[int | None, typer.Option(help=option_help("negatives"))] = None,
+    seed: Annotated[int | None, typer.Option(help=option_help("seed"))] = None,
+    per_class: Annotated[int | None, typer.Option(help=option_help("per_class"))] = None,
     pretrained: Annotated[
-        bool, typer.Option(help="ImageNet initialisation (--no-pretrained: random init).")
-    ] = True,
+        bool | None, typer.Option("--pretrained/--no-pretrained", help=option_help("pretrained"))
+    ] = None,
 ) -> None:
     """Train the embedder on the train split (80 %); resumes from its last epoch."""
     from model.train_embedder import TrainConfig, train_embedder
 
-    settings = get_settings()
-    weights = settings.imagenet_weights
-    cfg = TrainConfig(
+    settings = get_settings(
         dataset=dataset,
-        root=str(root or settings.data_root),
+        data_root=data_root,
         backbone=backbone,
         pooling=pooling,
         attention=attention,
         image_size=image_size,
-        batch_size=batch_size,
+        train_batch_size=train_batch_size,
         max_epochs=max_epochs,
         ce_epochs=ce_epochs,
         lr=lr,
@@ -70,9 +64,29 @@ def train(
         negatives=negatives,
         seed=seed,
         per_class=per_class,
+        pretrained=pretrained,
+    )
+    weights = settings.imagenet_weights
+    cfg = TrainConfig(
+        dataset=settings.dataset,
+        root=str(settings.data_root),
+        backbone=settings.backbone,
+        pooling=settings.pooling,
+        attention=settings.attention,
+        image_size=settings.image_size,
+        batch_size=settings.train_batch_size,
+        max_epochs=settings.max_epochs,
+        ce_epochs=settings.ce_epochs,
+        lr=settings.lr,
+        warmup_steps=settings.warmup_steps,
+        min_scale=settings.min_scale,
+        margin=settings.margin,
+        negatives=settings.negatives,
+        seed=settings.seed or 0,
+        per_class=settings.per_class,
         num_workers=settings.num_workers,
         device=settings.device,
-        pretrained=pretrained,
+        pretrained=settings.pretrained,
         imagenet_weights=str(weights) if weights else None,
     )
     path = train_embedder(cfg, out)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rsir.settings import get_settings
+from rsir.settings import get_settings, option_help
 
 app = typer.Typer()
 
@@ -15,35 +15,41 @@ app = typer.Typer()
 @app.command("export")
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Embedder or classifier checkpoint (.pt).")],
-    runtime: Annotated[str, typer.Option(help="onnx or openvino.")] = "onnx",
-    int8: Annotated[bool, typer.Option(help="Static int8 quantization (needs --calibration).")] = (
-        False
-    ),
-    calibration: Annotated[
-        Path | None, typer.Option(help="Folder of real images for int8 calibration.")
+    export_runtime: Annotated[
+        str | None, typer.Option("--runtime", help=option_help("export_runtime"))
     ] = None,
-    calibration_count: Annotated[int, typer.Option(help="Calibration images used.")] = 300,
-    images: Annotated[
-        Path | None,
-        typer.Option(help="Real images for the parity check (default: RSIR_DATA_ROOT)."),
+    int8: Annotated[bool | None, typer.Option("--int8/--no-int8", help=option_help("int8"))] = None,
+    calibration: Annotated[Path | None, typer.Option(help=option_help("calibration"))] = None,
+    calibration_count: Annotated[
+        int | None, typer.Option(help=option_help("calibration_count"))
     ] = None,
-    parity_count: Annotated[int, typer.Option(help="Parity images used.")] = 64,
+    parity_images: Annotated[
+        Path | None, typer.Option("--images", help=option_help("parity_images"))
+    ] = None,
+    parity_count: Annotated[int | None, typer.Option(help=option_help("parity_count"))] = None,
 ) -> None:
     """Export the whole network beside the checkpoint (<stem>.exports/), check it against torch
     on real images and record the result; exit 1 when the check fails (the export is then
     recorded as failed and never used)."""
     from model.export import ExportError, export_checkpoint
 
-    settings = get_settings()
+    settings = get_settings(
+        export_runtime=export_runtime,
+        int8=int8,
+        calibration=calibration,
+        calibration_count=calibration_count,
+        parity_images=parity_images,
+        parity_count=parity_count,
+    )
     try:
         record, path = export_checkpoint(
             checkpoint,
-            runtime,
-            int8=int8,
-            calibration_dir=calibration,
-            parity_dir=images or calibration or settings.data_root,
-            calibration_count=calibration_count,
-            parity_count=parity_count,
+            settings.export_runtime,
+            int8=settings.int8,
+            calibration_dir=settings.calibration,
+            parity_dir=settings.parity_images or settings.calibration or settings.data_root,
+            calibration_count=settings.calibration_count,
+            parity_count=settings.parity_count,
         )
     except (ExportError, FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)

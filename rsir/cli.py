@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from indexer.cli import app as indexer_app
@@ -9,7 +11,7 @@ from model.classifier_cli import app as classifier_app
 from model.cli import app as model_app
 from model.export_cli import app as export_app
 from rsir.logs import configure_logging
-from rsir.settings import get_settings
+from rsir.settings import get_settings, option_help
 from service.cli import app as service_app
 
 app = typer.Typer(
@@ -30,24 +32,43 @@ def _root() -> None:
 
 @app.command()
 def demo(
-    train_epochs: int = typer.Option(4, help="Classification (warm-start) epochs."),
-    metric_epochs: int = typer.Option(0, help="Contrastive hard-negative epochs after them."),
-    image_size: int = typer.Option(192, help="Input size of the demo embedder."),
-    pretrained: bool = typer.Option(
-        True, help="ImageNet initialisation (--no-pretrained: random init, near chance)."
+    demo_train_epochs: int | None = typer.Option(
+        None, "--train-epochs", help=option_help("demo_train_epochs")
     ),
-    serve: bool = typer.Option(True, help="End with the service running."),
+    demo_metric_epochs: int | None = typer.Option(
+        None, "--metric-epochs", help=option_help("demo_metric_epochs")
+    ),
+    demo_image_size: int | None = typer.Option(
+        None, "--image-size", help=option_help("demo_image_size")
+    ),
+    pretrained: bool | None = typer.Option(
+        None, "--pretrained/--no-pretrained", help=option_help("pretrained")
+    ),
+    demo_serve: bool | None = typer.Option(
+        None, "--serve/--no-serve", help=option_help("demo_serve")
+    ),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", "--root", help=option_help("data_root")
+    ),
 ) -> None:
     """The main job: fine-tune the pretrained embedder on UCM, index it, evaluate, search."""
     from rsir.demo import run_demo
 
-    run_demo(
-        get_settings(),
-        train_epochs=train_epochs,
-        image_size=image_size,
-        serve=serve,
-        metric_epochs=metric_epochs,
+    settings = get_settings(
+        demo_train_epochs=demo_train_epochs,
+        demo_metric_epochs=demo_metric_epochs,
+        demo_image_size=demo_image_size,
         pretrained=pretrained,
+        demo_serve=demo_serve,
+        data_root=data_root,
+    )
+    run_demo(
+        settings,
+        train_epochs=settings.demo_train_epochs,
+        image_size=settings.demo_image_size,
+        serve=settings.demo_serve,
+        metric_epochs=settings.demo_metric_epochs,
+        pretrained=settings.pretrained,
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from rsir.settings import Settings, get_settings
+from rsir.settings import Settings, get_settings, option_help
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,13 @@ def run_worker(settings: Settings) -> None:
 
 @app.command()
 def serve(
-    host: str | None = typer.Option(None, help="Bind address [RSIR_HOST]."),
-    port: int | None = typer.Option(None, help="Port [RSIR_PORT]."),
-    index_dir: Path | None = typer.Option(None, help="Index folder [RSIR_INDEX_DIR]."),
-    checkpoint: Path | None = typer.Option(None, help="Embedder checkpoint [RSIR_CHECKPOINT]."),
+    host: str | None = typer.Option(None, help=option_help("host", "Bind address.")),
+    port: int | None = typer.Option(None, help=option_help("port", "Port.")),
+    index_dir: Path | None = typer.Option(None, help=option_help("index_dir")),
+    checkpoint: Path | None = typer.Option(None, help=option_help("checkpoint")),
     worker_url: str | None = typer.Option(
-        None, help="A separate `rsir worker` [RSIR_WORKER_URL]; default: in this process."
+        None,
+        help=option_help("worker_url", "A separate `rsir worker`; default: in this process."),
     ),
 ) -> None:
     """Run the HTTP API (and, by default, the inference worker in the same process)."""
@@ -76,14 +77,18 @@ def serve(
 
 @app.command()
 def worker(
-    host: str | None = typer.Option(None, help="Bind address [RSIR_WORKER_HOST]."),
-    port: int | None = typer.Option(None, help="Port [RSIR_WORKER_PORT]."),
-    index_dir: Path | None = typer.Option(None, help="Index folder [RSIR_INDEX_DIR]."),
-    checkpoint: Path | None = typer.Option(None, help="Embedder checkpoint [RSIR_CHECKPOINT]."),
+    worker_host: str | None = typer.Option(
+        None, "--host", help=option_help("worker_host", "Bind address.")
+    ),
+    worker_port: int | None = typer.Option(
+        None, "--port", help=option_help("worker_port", "Port.")
+    ),
+    index_dir: Path | None = typer.Option(None, help=option_help("index_dir")),
+    checkpoint: Path | None = typer.Option(None, help=option_help("checkpoint")),
 ) -> None:
     """Run the inference worker as its own process: queries from the API, jobs from the DB."""
     settings = get_settings(
-        worker_host=host, worker_port=port, index_dir=index_dir, checkpoint=checkpoint
+        worker_host=worker_host, worker_port=worker_port, index_dir=index_dir, checkpoint=checkpoint
     )
     _configure_logging(settings)
     run_worker(settings)
@@ -91,7 +96,7 @@ def worker(
 
 @db_app.command("upgrade")
 def db_upgrade(
-    db_url: str | None = typer.Option(None, "--db-url", help="SQLAlchemy URL [RSIR_DB_URL]."),
+    db_url: str | None = typer.Option(None, "--db-url", "--db", help=option_help("db_url")),
     revision: str = typer.Option("head", help="Alembic revision to upgrade to."),
 ) -> None:
     """Create or migrate the metadata DB schema (Alembic `upgrade head`)."""
