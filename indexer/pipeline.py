@@ -25,8 +25,8 @@ from indexer.embedding import EmbeddingModel, load_embedding_model
 from indexer.scenes import TileOptions, TileSkipped, describe_scene, open_scene
 from indexer.sources import Entry, SourceReader, canonical_source, list_entries, source_kind
 from indexer.store import IndexStore
-from model.imageio import DEFAULT_MAX_PIXELS, decode_image, max_file_bytes
-from rsir.settings import sqlite_url_for
+from model.imageio import decode_image, max_file_bytes
+from rsir.settings import MAX_PIXELS, sqlite_url_for
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]
@@ -134,7 +134,7 @@ def index_source(
     train_size: int = 65536,
     device: str = "auto",
     runtime: str = "auto",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = MAX_PIXELS,
     tiles: TileOptions | None = None,
     progress: ProgressFn | None = None,
 ) -> IndexSummary:

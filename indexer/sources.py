@@ -22,7 +22,8 @@ from PIL import Image
 
 from indexer.scenes import SceneTiles, TileOptions, scene_tile_names
 from model.datasets import IMAGE_EXTENSIONS
-from model.imageio import DEFAULT_MAX_PIXELS, max_file_bytes
+from model.imageio import max_file_bytes
+from rsir.settings import MAX_PIXELS
 
 # Uncompressed bytes between two seek points of a .tar.gz: each point keeps a 32 KiB window, so
 # the index takes 0.4 % of the unpacked size in memory, and one read inflates at most 8 MiB
@@ -126,7 +127,7 @@ class SourceReader:
         source: Path,
         tiles: TileOptions | None = None,
         *,
-        max_entry_bytes: int = max_file_bytes(DEFAULT_MAX_PIXELS),
+        max_entry_bytes: int = max_file_bytes(MAX_PIXELS),
     ) -> None:
         self.source = Path(source)
         self.kind = source_kind(self.source)
@@ -217,6 +218,6 @@ class SourceReader:
         return self._scene.geo_columns(inner) if self._scene is not None else {}
 
 
-def read_entry(source: str, path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+def read_entry(source: str, path: str, max_pixels: int = MAX_PIXELS) -> bytes:
     """Bytes of an indexed image, from its source and inner path (as stored in the DB)."""
     return SourceReader(Path(source), max_entry_bytes=max_file_bytes(max_pixels)).read(path)

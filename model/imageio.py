@@ -23,7 +23,6 @@ from PIL import Image, ImageMode
 from rsir.settings import MAX_PIXELS
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-DEFAULT_MAX_PIXELS = MAX_PIXELS
 # Decoded bytes allowed per allowed pixel: an 8-bit RGBA image of max_pixels.
 BYTES_PER_PIXEL = 4
 # What a file may hold beyond its samples (headers, metadata, a colour profile).
@@ -170,7 +169,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Bytes -> upright RGB Pillow image, or ImageDecodeError saying why not.
 
     ImageTooLargeError (a subclass) means the header alone was refused by the cap.
@@ -187,7 +186,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
 
 
-def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an image file to RGB (a file larger than any image under the cap is refused)."""
     path = Path(path)
     size = path.stat().st_size

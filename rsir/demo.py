@@ -117,7 +117,7 @@ def run_demo(
             batch_size=settings.batch_size,
             num_workers=settings.num_workers,
             device=settings.device,
-            cache_dir=work / "cache",
+            cache_dir=settings.resolved_cache_dir(),
             progress=progress,
         )
     typer.echo(format_results_table(results))

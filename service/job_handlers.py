@@ -51,7 +51,7 @@ def make_handlers(settings: Settings, core: InferenceCore) -> dict[str, Handler]
             num_workers=settings.num_workers,
             device=settings.device,
             runtime=settings.runtime,
-            cache_dir=Path(settings.index_dir) / "cache",
+            cache_dir=settings.resolved_cache_dir(),
             progress=ctx.report,
         )
         plot = out_dir / "pr_curve.png"

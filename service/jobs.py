@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from service.models import JobRow, utcnow
+from service.models import JobRow, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class JobStore:
         with Session(self.engine, expire_on_commit=False) as session:
             row = JobRow(
                 kind=kind,
-                status="queued",
+                status=JobStatus.QUEUED,
                 params=params,
                 progress=0.0,
                 attempts=0,
@@ -90,7 +90,7 @@ class JobStore:
         with Session(self.engine) as session:
             result = session.execute(
                 delete(JobRow).where(
-                    JobRow.id == job_id, JobRow.kind == kind, JobRow.status != "running"
+                    JobRow.id == job_id, JobRow.kind == kind, JobRow.status != JobStatus.RUNNING
                 )
             )
             session.commit()
@@ -108,7 +108,7 @@ class JobStore:
         """Take the oldest queued job, or None. Never gives one job to two workers."""
         now = utcnow()
         with Session(self.engine) as session:
-            candidates = select(JobRow.id).where(JobRow.status == "queued")
+            candidates = select(JobRow.id).where(JobRow.status == JobStatus.QUEUED)
             if kinds:
                 candidates = candidates.where(JobRow.kind.in_(kinds))
             candidates = candidates.order_by(JobRow.id).limit(1)
@@ -119,9 +119,9 @@ class JobStore:
                 return None
             result = session.execute(
                 update(JobRow)
-                .where(JobRow.id == job_id, JobRow.status == "queued")
+                .where(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED)
                 .values(
-                    status="running",
+                    status=JobStatus.RUNNING,
                     worker_id=worker_id,
                     attempts=JobRow.attempts + 1,
                     lease_expires_at=now + self.lease,
@@ -155,7 +155,7 @@ class JobStore:
     ) -> None:
         """Mark done with its results."""
         values: dict[str, Any] = {
-            "status": "done",
+            "status": JobStatus.DONE,
             "progress": 100.0,
             "results": results,
             "error": None,
@@ -171,7 +171,12 @@ class JobStore:
         self._owned_update(
             job_id,
             worker_id,
-            {"status": "failed", "error": error, "finished_at": utcnow(), "lease_expires_at": None},
+            {
+                "status": JobStatus.FAILED,
+                "error": error,
+                "finished_at": utcnow(),
+                "lease_expires_at": None,
+            },
         )
 
     def release(self, job_id: int, worker_id: str, reason: str) -> None:
@@ -180,7 +185,7 @@ class JobStore:
             job_id,
             worker_id,
             {
-                "status": "queued",
+                "status": JobStatus.QUEUED,
                 "worker_id": None,
                 "lease_expires_at": None,
                 "attempts": JobRow.attempts - 1,
@@ -195,13 +200,13 @@ class JobStore:
         dead worker leaves `running` as soon as anyone looks, even with no worker left alive.
         """
         now = now or utcnow()
-        expired = (JobRow.status == "running", JobRow.lease_expires_at < now)
+        expired = (JobRow.status == JobStatus.RUNNING, JobRow.lease_expires_at < now)
         with Session(self.engine) as session:
             failed = session.execute(
                 update(JobRow)
                 .where(*expired, JobRow.attempts >= JobRow.max_attempts)
                 .values(
-                    status="failed",
+                    status=JobStatus.FAILED,
                     finished_at=now,
                     lease_expires_at=None,
                     error=(
@@ -216,7 +221,7 @@ class JobStore:
                 update(JobRow)
                 .where(*expired, JobRow.attempts < JobRow.max_attempts)
                 .values(
-                    status="queued",
+                    status=JobStatus.QUEUED,
                     lease_expires_at=None,
                     progress=0.0,
                     error=(
@@ -242,7 +247,7 @@ class JobStore:
                 .where(
                     JobRow.id == job_id,
                     JobRow.worker_id == worker_id,
-                    JobRow.status == "running",
+                    JobRow.status == JobStatus.RUNNING,
                 )
                 .values(**values)
                 .execution_options(synchronize_session=False)

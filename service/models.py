@@ -7,6 +7,7 @@ whole metadata DB. The schema itself is made by `migrations/versions/0002_jobs.p
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Float, Integer, LargeBinary, String, Text
@@ -15,9 +16,18 @@ from sqlalchemy.orm import Mapped, deferred, mapped_column
 from indexer.db import Base, UTCDateTime, utcnow
 
 JOB_KINDS = ("evaluation", "index")
-JOB_STATUSES = ("queued", "running", "done", "failed")
 
-__all__ = ["JOB_KINDS", "JOB_STATUSES", "JobRow", "UTCDateTime", "utcnow"]
+
+class JobStatus(StrEnum):
+    """Where a job is: queued -> running -> done | failed (stored as its value)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+__all__ = ["JOB_KINDS", "JobRow", "JobStatus", "UTCDateTime", "utcnow"]
 
 
 class JobRow(Base):
@@ -31,7 +41,7 @@ class JobRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
-    status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    status: Mapped[str] = mapped_column(String(16), index=True, default=JobStatus.QUEUED.value)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

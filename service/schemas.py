@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from model.datasets import DATASET_KINDS
+from service.models import JobStatus
 
 DatasetKind = Literal["ucm", "nwpu", "satrem", "folder"]
 assert set(DATASET_KINDS) == {"ucm", "nwpu", "satrem", "folder"}  # keep the Literal in step
@@ -161,7 +162,7 @@ class JobOut(BaseModel):
 
     id: int
     kind: str
-    status: Literal["queued", "running", "done", "failed"]
+    status: JobStatus
     progress: float
     attempts: int
     created_at: datetime

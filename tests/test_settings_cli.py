@@ -168,3 +168,11 @@ def test_index_and_evaluate_read_their_options_from_the_environment(
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == "all-vs-all" and results["n_queries"] == 40
+
+
+def test_one_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caches live in RSIR_CACHE_DIR, by default `cache` in the index folder."""
+    monkeypatch.delenv("RSIR_CACHE_DIR", raising=False)
+    assert Settings(index_dir=tmp_path).resolved_cache_dir() == tmp_path / "cache"
+    monkeypatch.setenv("RSIR_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert Settings(index_dir=tmp_path).resolved_cache_dir() == tmp_path / "elsewhere"

@@ -18,7 +18,7 @@ from model.datasets import DatasetNotFoundError, resolve_layout_root
 from service.deps import ApiKeyDep, BackendDep, JobsDep, RowId, SettingsDep, StateDep
 from service.errors import NotFoundError, NotReadyError, ServiceError, UnknownModelError
 from service.job_handlers import tile_options
-from service.models import JobRow
+from service.models import JobRow, JobStatus
 from service.schemas import (
     EvaluationList,
     EvaluationOut,
@@ -65,7 +65,7 @@ def _common(request: Request, row: JobRow, route: str) -> dict[str, Any]:
 
 def evaluation_out(request: Request, row: JobRow) -> EvaluationOut:
     params = row.params
-    done = row.status == "done"
+    done = row.status == JobStatus.DONE
     return EvaluationOut(
         **_common(request, row, "get_evaluation"),
         dataset=params.get("dataset", ""),
@@ -185,7 +185,7 @@ def delete_evaluation(jobs: JobsDep, job_id: JobId) -> Response:
 
 def _delete(jobs: JobsDep, job_id: int, kind: str) -> None:
     row = _get(jobs, job_id, kind)
-    if row.status == "running" or not jobs.delete(job_id, kind):
+    if row.status == JobStatus.RUNNING or not jobs.delete(job_id, kind):
         raise ServiceError(f"{kind} job {job_id} is running; wait until it ends", 409)
 
 

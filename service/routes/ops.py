@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.deps import StateDep
 from service.errors import ServiceError
+from service.models import JobStatus
 from service.runtime import current_db_problem
 
 router = APIRouter(tags=["operations"])
@@ -62,6 +63,6 @@ def metrics(state: StateDep) -> Response:
         counts = state.jobs.counts()
     except Exception:  # the DB being down must not hide the other metrics
         counts = {}
-    for status in ("queued", "running", "done", "failed"):
+    for status in JobStatus:
         state.metrics.jobs.labels(status).set(counts.get(status, 0))
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
