@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from rsir.settings import get_settings, option_help
+from common.settings import get_settings, option_help
 
 app = typer.Typer()
 
@@ -41,11 +41,11 @@ def index(
     max_nodata: Annotated[float | None, typer.Option(help=option_help("max_nodata"))] = None,
 ) -> None:
     """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume)."""
+    from common.progress import progress_bar
     from indexer.db import SchemaOutOfDateError
     from indexer.pipeline import index_source
     from indexer.scenes import SceneError, TileOptions, parse_bands
     from indexer.store import IndexTrainingError, ModelMismatchError
-    from rsir.progress import progress_bar
 
     settings = get_settings(
         checkpoint=checkpoint,
@@ -226,8 +226,8 @@ def evaluate(
     qe: Annotated[int | None, typer.Option(help=option_help("qe"))] = None,
 ) -> None:
     """mAP, mAP@k, P@k and per-class AP; writes JSON and a PR-curve PNG."""
-    from indexer.evaluate import Refinements, evaluate_retrieval
-    from rsir.progress import progress_bar
+    from common.progress import progress_bar
+    from indexer.evaluate import Refinements, evaluate_retrieval, format_results_table
 
     settings = get_settings(
         checkpoint=checkpoint,
@@ -271,22 +271,6 @@ def evaluate(
         raise _fail(str(exc)) from None
     typer.echo(format_results_table(results))
     typer.echo(f"results: {out / 'results.json'}; PR curve: {out / 'pr_curve.png'}")
-
-
-def format_results_table(results: dict) -> str:
-    """A plain-text table of an evaluation's figures."""
-    lines = [
-        f"dataset {results['dataset']['name']} ({results['dataset']['images']} images), "
-        f"protocol {results['protocol']}, {results['n_queries']} queries x "
-        f"{results['n_gallery']} gallery, init {results['init']}",
-        f"{'k':>5}  {'mAP@k':>7}  {'P@k':>7}",
-    ]
-    for k, value in results["map_at_k"].items():
-        lines.append(f"{k:>5}  {value:7.4f}  {results['precision_at_k'][k]:7.4f}")
-    worst = sorted(results["per_class_ap"].items(), key=lambda kv: kv[1])
-    lines.append("per-class AP: " + ", ".join(f"{c} {v:.3f}" for c, v in worst))
-    lines.append(f"mAP (full ranking): {results['map']:.4f}")
-    return "\n".join(lines)
 
 
 @app.command()

@@ -370,3 +370,19 @@ def _results_document(
         "machine": machine_info(),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def format_results_table(results: dict[str, Any]) -> str:
+    """A plain-text table of an evaluation's figures."""
+    lines = [
+        f"dataset {results['dataset']['name']} ({results['dataset']['images']} images), "
+        f"protocol {results['protocol']}, {results['n_queries']} queries x "
+        f"{results['n_gallery']} gallery, init {results['init']}",
+        f"{'k':>5}  {'mAP@k':>7}  {'P@k':>7}",
+    ]
+    for k, value in results["map_at_k"].items():
+        lines.append(f"{k:>5}  {value:7.4f}  {results['precision_at_k'][k]:7.4f}")
+    worst = sorted(results["per_class_ap"].items(), key=lambda kv: kv[1])
+    lines.append("per-class AP: " + ", ".join(f"{c} {v:.3f}" for c, v in worst))
+    lines.append(f"mAP (full ranking): {results['map']:.4f}")
+    return "\n".join(lines)

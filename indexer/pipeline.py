@@ -20,13 +20,13 @@ import torch
 from sqlalchemy import select
 from torch.utils.data import DataLoader, Dataset
 
+from common.settings import MAX_PIXELS, sqlite_url_for
 from indexer.db import ImageRow, SceneRow, make_engine, make_sessionmaker, prepare_schema
 from indexer.embedding import EmbeddingModel, load_embedding_model
 from indexer.scenes import TileOptions, TileSkipped, describe_scene, open_scene
 from indexer.sources import Entry, SourceReader, canonical_source, list_entries, source_kind
 from indexer.store import IndexStore
 from model.imageio import decode_image, max_file_bytes
-from rsir.settings import MAX_PIXELS, sqlite_url_for
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]

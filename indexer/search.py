@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import Engine, select
 
+from common.settings import sqlite_url_for
 from indexer.area import BBox, id_selector, ids_in_bbox
 from indexer.db import ImageRow, make_engine, make_sessionmaker
 from indexer.embedding import EmbeddingModel, load_embedding_model
@@ -17,7 +18,6 @@ from indexer.feedback import Feedback, apply_feedback
 from indexer.pipeline import read_model_file
 from indexer.store import IndexStore
 from model.checkpoint import Checkpoint
-from rsir.settings import sqlite_url_for
 
 
 @dataclass

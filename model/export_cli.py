@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rsir.settings import get_settings, option_help
+from common.settings import get_settings, option_help
 
 app = typer.Typer()
 

@@ -1,3 +1,6 @@
-"""rsir: content-based remote sensing image retrieval. Holds the CLI root and the settings."""
+"""rsir: content-based remote sensing image retrieval. This package is the `rsir` command (the
+top layer: nothing of the project imports it); the settings live in `common`."""
 
-__version__ = "0.1.0"
+from common import __version__
+
+__all__ = ["__version__"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import typer
 
+from common.settings import Settings
 from model.train_embedder import TrainConfig
-from rsir.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,13 @@ def run_demo(
     pretrained: bool = True,
 ) -> None:
     """Each step is skipped when its result is already there, so a re-run is quick."""
-    from indexer.cli import format_results_table
-    from indexer.evaluate import evaluate_retrieval
+    from common.progress import progress_bar
+    from indexer.evaluate import evaluate_retrieval, format_results_table
     from indexer.pipeline import index_source
     from indexer.search import Searcher
     from model.datasets import DatasetNotFoundError, discover_dataset
     from model.imageio import read_image
     from model.train_embedder import train_embedder
-    from rsir.progress import progress_bar
 
     started = time.monotonic()
     try:
@@ -142,7 +141,7 @@ def run_demo(
 def _serve(settings: Settings, checkpoint: Path) -> None:
     """Hand over to the service when it is installed."""
     try:
-        from service.cli import run_server
+        from service.serving import run_server
     except ImportError:
         log.info("the service is not available in this build; not serving")
         return

@@ -11,8 +11,8 @@ import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from rsir import __version__
-from rsir.settings import Settings
+from common import __version__
+from common.settings import Settings
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import typer
 
-from rsir.settings import Settings, get_settings, option_help
+from common.logs import configure_logging
+from common.settings import Settings, get_settings, option_help
+from service.serving import run_server, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -20,40 +22,7 @@ app.add_typer(db_app, name="db")
 
 
 def _configure_logging(settings: Settings) -> None:
-    try:
-        from rsir.logs import configure_logging
-    except ImportError:  # pragma: no cover - rsir.logs ships with rsir
-        logging.basicConfig(level=settings.log_level)
-    else:
-        configure_logging(settings.log_level)
-
-
-def run_server(settings: Settings) -> None:
-    """Run the API under uvicorn until interrupted; prints the URL to open."""
-    import uvicorn
-
-    from service.app import create_app
-
-    api = create_app(settings)
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    typer.echo(f"rsir service: http://{host}:{settings.port}/ (API docs at /docs)")
-    uvicorn.run(api, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
-
-
-def run_worker(settings: Settings) -> None:
-    """Run the inference worker (internal API on worker_host:worker_port + job loop)."""
-    import uvicorn
-
-    from service.worker import create_worker_app
-
-    worker = create_worker_app(settings)
-    typer.echo(f"rsir worker: http://{settings.worker_host}:{settings.worker_port}/internal")
-    uvicorn.run(
-        worker,
-        host=settings.worker_host,
-        port=settings.worker_port,
-        log_level=settings.log_level.lower(),
-    )
+    configure_logging(settings.log_level)
 
 
 @app.command()

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from sqlalchemy import Engine
 
+from common.settings import Settings
 from indexer.area import BBox
 from indexer.db import ImageRow, make_sessionmaker
 from indexer.embedding import EmbeddingModel, load_embedding_model
@@ -29,7 +30,6 @@ from indexer.store import IndexStore, ModelMismatchError
 from model.checkpoint import Checkpoint
 from model.device import best_device
 from model.imageio import decode_image
-from rsir.settings import Settings
 from service.batcher import Batcher
 from service.errors import (
     ModelMismatchServiceError,
