@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     )
     index_dir: Path = Field(default=Path("var/index"), description="FAISS index and SQLite DB.")
     checkpoint: Path | None = Field(default=None, description="Embedder checkpoint (.pt).")
+    whitening: Path | None = Field(
+        default=None,
+        description="Whitening artifact (`rsir whiten`) applied to descriptors before they are "
+        "indexed; an index records its own, and its queries always use that one.",
+    )
     classifier_checkpoints: list[Path] = Field(
         default_factory=list, description="Classifier checkpoints the worker serves."
     )
@@ -183,6 +188,22 @@ class Settings(BaseSettings):
     whiten_dim: int | None = Field(default=None, description="Whitening output dimension.")
     dba: int = Field(default=0, description="Database-side augmentation neighbours (0: off).")
     qe: int = Field(default=0, description="Alpha query-expansion neighbours (0: off).")
+    evaluate_on_index: bool = Field(
+        default=False,
+        description="Measure the index in index_dir as built (its vectors, FAISS type and "
+        "whitening, queried as rsir search queries it) instead of the checkpoint alone.",
+    )
+
+    # Learned whitening (rsir whiten; the artifact then goes to rsir index --whitening)
+    whitening_method: Literal["lw", "pca"] = Field(
+        default="lw", description="lw (Radenovic's, from matching pairs) or pca."
+    )
+    whitening_dim: int | None = Field(
+        default=256, ge=1, description="Output dimension (the index's), at most the input's."
+    )
+    whitening_train_split: bool = Field(
+        default=False, description="Learn on the training side of the checkpoint's split only."
+    )
 
     # Export (rsir export)
     export_runtime: str = Field(default="onnx", description="onnx or openvino.")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from common.settings import get_settings, option_help
+from common.settings import Settings, get_settings, option_help
 
 app = typer.Typer()
 
@@ -39,8 +39,10 @@ def index(
     resolution: Annotated[float | None, typer.Option(help=option_help("resolution"))] = None,
     bands: Annotated[str | None, typer.Option(help=option_help("bands"))] = None,
     max_nodata: Annotated[float | None, typer.Option(help=option_help("max_nodata"))] = None,
+    whitening: Annotated[Path | None, typer.Option(help=option_help("whitening"))] = None,
 ) -> None:
-    """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume)."""
+    """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume);
+    with --whitening, whitened and reduced vectors (the index then whitens its queries)."""
     from common.progress import progress_bar
     from indexer.db import SchemaOutOfDateError
     from indexer.pipeline import index_source
@@ -60,6 +62,7 @@ def index(
         resolution=resolution,
         bands=bands,
         max_nodata=max_nodata,
+        whitening=whitening,
     )
     if settings.checkpoint is None:
         raise _fail("no checkpoint: pass --checkpoint or set RSIR_CHECKPOINT")
@@ -89,6 +92,7 @@ def index(
                 commit_every=settings.commit_every,
                 tiles=tiles,
                 progress=progress,
+                whitening=settings.whitening,
             )
     except (
         ModelMismatchError,
@@ -103,6 +107,7 @@ def index(
         f"{summary.skipped_existing}, corrupt {summary.corrupt}, non-image {summary.non_image}; "
         f"index holds {summary.index_total} (version {summary.index_version})"
     )
+    typer.echo(f"vectors: {summary.dim}-d, model {summary.fingerprint}")
     if summary.scene_id is not None:
         typer.echo(
             f"scene {summary.scene_id}: skipped {summary.skipped_nodata} nodata and "
@@ -224,8 +229,15 @@ def evaluate(
     whiten_dim: Annotated[int | None, typer.Option(help=option_help("whiten_dim"))] = None,
     dba: Annotated[int | None, typer.Option(help=option_help("dba"))] = None,
     qe: Annotated[int | None, typer.Option(help=option_help("qe"))] = None,
+    evaluate_on_index: Annotated[
+        bool | None,
+        typer.Option("--on-index/--on-checkpoint", help=option_help("evaluate_on_index")),
+    ] = None,
+    index_dir: Annotated[Path | None, typer.Option(help=option_help("index_dir"))] = None,
+    db_url: Annotated[str | None, typer.Option("--db", help=option_help("db_url"))] = None,
 ) -> None:
-    """mAP, mAP@k, P@k and per-class AP; writes JSON and a PR-curve PNG."""
+    """mAP, mAP@k, P@k and per-class AP of the checkpoint (or, --on-index, of the index as
+    built); writes JSON and a PR-curve PNG."""
     from common.progress import progress_bar
     from indexer.evaluate import Refinements, evaluate_retrieval, format_results_table
 
@@ -241,7 +253,22 @@ def evaluate(
         whiten_dim=whiten_dim,
         dba=dba,
         qe=qe,
+        evaluate_on_index=evaluate_on_index,
+        index_dir=index_dir,
+        db_url=db_url,
     )
+    refinements = Refinements(
+        scales=tuple(float(s) for s in settings.scales.split(",")),
+        whitening=settings.whiten,
+        whitening_dim=settings.whiten_dim,
+        dba=settings.dba,
+        qe=settings.qe,
+    )
+    if settings.evaluate_on_index:
+        if refinements != Refinements():
+            raise _fail("refinements measure a checkpoint; an index applies its own whitening")
+        _evaluate_index(settings, out)
+        return
     if settings.checkpoint is None:
         raise _fail("no checkpoint: pass --checkpoint or set RSIR_CHECKPOINT")
     try:
@@ -259,16 +286,47 @@ def evaluate(
                 device=settings.device,
                 runtime=settings.runtime,
                 progress=progress,
-                refinements=Refinements(
-                    scales=tuple(float(s) for s in settings.scales.split(",")),
-                    whitening=settings.whiten,
-                    whitening_dim=settings.whiten_dim,
-                    dba=settings.dba,
-                    qe=settings.qe,
-                ),
+                refinements=refinements,
             )
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    typer.echo(format_results_table(results))
+    typer.echo(f"results: {out / 'results.json'}; PR curve: {out / 'pr_curve.png'}")
+
+
+def _evaluate_index(settings: Settings, out: Path) -> None:
+    """`rsir evaluate --on-index`: the index's figures, queried as `rsir search` queries it
+    (its checkpoint: RSIR_CHECKPOINT / --checkpoint if set, else the one it records)."""
+    from common.progress import progress_bar
+    from indexer.evaluate import format_results_table
+    from indexer.evaluate_index import evaluate_index
+    from indexer.store import ModelMismatchError
+
+    try:
+        with progress_bar("embedding queries") as progress:
+            results = evaluate_index(
+                index_dir=settings.index_dir,
+                db_url=settings.resolved_db_url(),
+                checkpoint_path=settings.checkpoint,
+                dataset=settings.dataset,
+                root=settings.data_root,
+                out_dir=out,
+                protocol=settings.protocol,
+                seed=settings.seed,
+                per_class=settings.per_class,
+                batch_size=settings.batch_size,
+                num_workers=settings.num_workers,
+                device=settings.device,
+                runtime=settings.runtime,
+                progress=progress,
+            )
+    except (ModelMismatchError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    index = results["index"]
+    typer.echo(
+        f"index {index['dir']}: {index['ntotal']} {index['dim']}-d vectors of model "
+        f"{index['fingerprint']} ({index['factory']})"
+    )
     typer.echo(format_results_table(results))
     typer.echo(f"results: {out / 'results.json'}; PR curve: {out / 'pr_curve.png'}")
 

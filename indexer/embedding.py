@@ -19,6 +19,7 @@ from model.device import best_device
 from model.embedder import Embedder
 from model.runtimes import RuntimeChoice, choose_runtime
 from model.transforms import Preprocessing
+from model.whitening import Whitening
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 class EmbeddingModel:
     """An embedder with its preprocessing: images -> unit vectors. It runs in torch (eval mode,
     channels_last, inference_mode; fp16 autocast on a GPU) or, when `choice` holds an exported
-    model, in that runtime on the CPU."""
+    model, in that runtime on the CPU. With `whitening`, every vector it returns is whitened,
+    reduced and re-normalised, so an index and its queries cannot get different treatment."""
 
     def __init__(
         self,
@@ -35,6 +37,7 @@ class EmbeddingModel:
         device: torch.device,
         choice: RuntimeChoice | None = None,
         channels_last: bool = True,
+        whitening: Whitening | None = None,
     ) -> None:
         self.net = net.to(device).eval()
         self.channels_last = channels_last
@@ -45,14 +48,27 @@ class EmbeddingModel:
         self.device = device
         self.choice = choice or RuntimeChoice("torch", None, "torch asked for")
         self._dim = net.dim
+        if whitening is not None and whitening.input_dim != net.dim:
+            raise ValueError(
+                f"whitening takes {whitening.input_dim}-d descriptors; "
+                f"this embedder makes {net.dim}-d ones"
+            )
+        self.whitening = whitening
 
     def with_preprocessing(self, preprocessing: Preprocessing) -> EmbeddingModel:
         """The same network with other preprocessing (e.g. another input size)."""
-        return EmbeddingModel(self.net, preprocessing, self.device)
+        return EmbeddingModel(self.net, preprocessing, self.device, whitening=self.whitening)
+
+    def with_whitening(self, whitening: Whitening | None) -> EmbeddingModel:
+        """The same network and runtime, its vectors whitened by `whitening` (None: raw)."""
+        return EmbeddingModel(
+            self.net, self.preprocessing, self.device, self.choice, self.channels_last, whitening
+        )
 
     @property
     def dim(self) -> int:
-        return self._dim
+        """Dimension of the vectors it returns (the whitening's output, if any)."""
+        return self.whitening.dim if self.whitening is not None else self._dim
 
     @property
     def runtime(self) -> str:
@@ -73,6 +89,10 @@ class EmbeddingModel:
 
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
         """B x 3 x H x W preprocessed tensors -> B x D float32 unit vectors."""
+        raw = self._raw_vectors(batch)
+        return self.whitening.apply(raw) if self.whitening is not None else raw
+
+    def _raw_vectors(self, batch: torch.Tensor) -> np.ndarray:
         if self.choice.runner is not None:
             return self.choice.runner(batch.cpu().numpy())
         with torch.inference_mode(), self.autocast():

@@ -317,7 +317,7 @@ def evaluate_retrieval(
             images.class_names,
             exclude_self=True,
         )
-    results = _results_document(
+    results = results_document(
         ckpt, checkpoint_path, images, split.seed, train_fraction, protocol, metrics
     )
     results["refinements"] = {**asdict(refinements), "label": refinements.label()}
@@ -337,7 +337,7 @@ def evaluate_retrieval(
     return results
 
 
-def _results_document(
+def results_document(
     ckpt: Checkpoint,
     checkpoint_path: Path,
     images: LabeledImages,
@@ -346,6 +346,7 @@ def _results_document(
     protocol: str,
     metrics: RetrievalMetrics,
 ) -> dict[str, Any]:
+    """The results.json of an evaluation: figures, model, dataset, split, machine."""
     return {
         **metrics.summary(),
         "protocol": protocol,

@@ -8,7 +8,6 @@ any byte is read, which makes re-runs cheap and interrupted runs resumable.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,14 +22,17 @@ from torch.utils.data import DataLoader, Dataset
 from common.settings import MAX_PIXELS, sqlite_url_for
 from indexer.db import ImageRow, SceneRow, make_engine, make_sessionmaker, prepare_schema
 from indexer.embedding import EmbeddingModel, load_embedding_model
+from indexer.index_model import MODEL_FILE as MODEL_FILE  # where it was
+from indexer.index_model import read_model_file as read_model_file
+from indexer.index_model import whitening_for_indexing, write_model_file
 from indexer.scenes import TileOptions, TileSkipped, describe_scene, open_scene
 from indexer.sources import Entry, SourceReader, canonical_source, list_entries, source_kind
 from indexer.store import IndexStore
 from model.imageio import decode_image, max_file_bytes
+from model.whitening import descriptor_fingerprint
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]
-MODEL_FILE = "model.json"
 
 
 @dataclass
@@ -49,6 +51,8 @@ class IndexSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     index_total: int = 0
     index_version: int = 0
+    fingerprint: str = ""  # the index's descriptors: the checkpoint's, or checkpoint + whitening
+    dim: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,19 +112,6 @@ def _collate(items: list[_Decoded]) -> list[_Decoded]:
     return items
 
 
-def write_model_file(index_dir: Path, checkpoint_path: Path, fingerprint: str) -> None:
-    """Record which checkpoint made the index, so `rsir search` needs no --checkpoint."""
-    (index_dir / MODEL_FILE).write_text(
-        json.dumps({"checkpoint": str(Path(checkpoint_path).resolve()), "fingerprint": fingerprint})
-    )
-
-
-def read_model_file(index_dir: Path) -> dict[str, str] | None:
-    """The checkpoint recorded by the last indexing run, if any."""
-    path = Path(index_dir) / MODEL_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def index_source(
     source: Path | str,
     *,
@@ -137,10 +128,13 @@ def index_source(
     max_pixels: int = MAX_PIXELS,
     tiles: TileOptions | None = None,
     progress: ProgressFn | None = None,
+    whitening: Path | None = None,
 ) -> IndexSummary:
     """Index every new image of `source`; safe to interrupt and re-run.
 
     A GeoTIFF scene is cut into tiles as `tiles` says (size, stride, resolution, bands).
+    With `whitening` (an `rsir whiten` artifact of this checkpoint), or when the index already
+    uses one, vectors are whitened and reduced before they enter the index.
     """
     source_path = Path(source)
     canonical = canonical_source(source_path)
@@ -150,12 +144,15 @@ def index_source(
     prepare_schema(url)
     engine = make_engine(url)
     model, ckpt = load_embedding_model(checkpoint_path, device, runtime)
-    summary = IndexSummary(source=canonical)
+    whitener = whitening_for_indexing(index_dir, ckpt.fingerprint, whitening)
+    model = model.with_whitening(whitener)
+    fingerprint = descriptor_fingerprint(ckpt.fingerprint, whitener)
+    summary = IndexSummary(source=canonical, fingerprint=fingerprint, dim=model.dim)
     try:
         with IndexStore.open(
-            index_dir, engine, ckpt.fingerprint, model.dim, factory, writable=True
+            index_dir, engine, fingerprint, model.dim, factory, writable=True
         ) as store:
-            write_model_file(index_dir, checkpoint_path, ckpt.fingerprint)
+            write_model_file(index_dir, checkpoint_path, ckpt.fingerprint, whitener, whitening)
             listing = list_entries(source_path, tiles)
             if source_kind(source_path) == "geotiff":
                 summary.scene_id = record_scene(engine, source_path, canonical, tiles)
@@ -166,7 +163,7 @@ def index_source(
                     session.scalars(
                         select(ImageRow.path).where(
                             ImageRow.source == canonical,
-                            ImageRow.model_fingerprint == ckpt.fingerprint,
+                            ImageRow.model_fingerprint == fingerprint,
                         )
                     )
                 )

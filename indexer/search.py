@@ -1,4 +1,5 @@
-"""Query an index: embed the query with the index's own model, FAISS top-k, rows from the DB."""
+"""Query an index: embed the query with the index's own model (and whitening), FAISS top-k,
+rows from the DB."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from indexer.area import BBox, id_selector, ids_in_bbox
 from indexer.db import ImageRow, make_engine, make_sessionmaker
 from indexer.embedding import EmbeddingModel, load_embedding_model
 from indexer.feedback import Feedback, apply_feedback
-from indexer.pipeline import read_model_file
+from indexer.index_model import read_model_file, recorded_whitening
 from indexer.store import IndexStore
 from model.checkpoint import Checkpoint
+from model.whitening import descriptor_fingerprint
 
 
 @dataclass
@@ -120,10 +122,11 @@ class Searcher:
     """A loaded model + index + DB: the resources a query needs, loaded once."""
 
     def __init__(self, model: EmbeddingModel, checkpoint: Checkpoint, store: IndexStore) -> None:
-        if checkpoint.fingerprint != store.fingerprint:
+        fingerprint = descriptor_fingerprint(checkpoint.fingerprint, model.whitening)
+        if fingerprint != store.fingerprint:
             raise ValueError(
                 f"index was made by model {store.fingerprint}; "
-                f"this checkpoint is model {checkpoint.fingerprint}"
+                f"this checkpoint (and whitening) is model {fingerprint}"
             )
         self.model = model
         self.checkpoint = checkpoint
@@ -138,7 +141,8 @@ class Searcher:
         device: str = "auto",
         runtime: str = "auto",
     ) -> Searcher:
-        """Load the index of `index_dir` and the model that made it (or refuse another one)."""
+        """Load the index of `index_dir` and the model that made it (or refuse another one), with
+        the whitening the index records (refused if it is not this checkpoint's or the index's)."""
         index_dir = Path(index_dir)
         if checkpoint_path is None:
             recorded = read_model_file(index_dir)
@@ -147,7 +151,9 @@ class Searcher:
             checkpoint_path = Path(recorded["checkpoint"])
         url = db_url or sqlite_url_for(index_dir)
         model, ckpt = load_embedding_model(checkpoint_path, device, runtime)
-        store = IndexStore.open(index_dir, make_engine(url), fingerprint=ckpt.fingerprint)
+        model = model.with_whitening(recorded_whitening(index_dir, ckpt.fingerprint))
+        fingerprint = descriptor_fingerprint(ckpt.fingerprint, model.whitening)
+        store = IndexStore.open(index_dir, make_engine(url), fingerprint=fingerprint)
         return cls(model, ckpt, store)
 
     def search_vectors(

@@ -13,7 +13,9 @@ and Jegou and Chum (ECCV 2012, doi:10.1007/978-3-642-33709-3_55):
 Either keeps the first `dim` output axes (largest variance), applies x -> normalise(P (x - m)),
 and is stored as an .npz artifact naming the fingerprint of the checkpoint it was learned for;
 the whitened descriptors get a fingerprint of their own (checkpoint + projection), so an index
-of whitened vectors is never searched with raw ones or the reverse.
+of whitened vectors is never searched with raw ones or the reverse. `rsir whiten` learns one
+(indexer/whiten.py); `rsir index --whitening` stores whitened vectors and records the artifact
+beside the index, whose queries then go through it too (indexer/index_model.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ WHITENING_METHODS = ("pca", "lw")
 _EPS = 1e-6
 
 
+class WhiteningMismatchError(ValueError):
+    """A whitening artifact used with a checkpoint or an index it was not made for."""
+
+
 @dataclass(frozen=True)
 class Whitening:
     """x -> normalise(projection @ (x - mean)); projection is dim_out x dim_in."""
@@ -39,7 +45,23 @@ class Whitening:
 
     @property
     def dim(self) -> int:
+        """Output dimension (what the index stores)."""
         return int(self.projection.shape[0])
+
+    @property
+    def input_dim(self) -> int:
+        """Dimension of the checkpoint's raw descriptors."""
+        return int(self.projection.shape[1])
+
+    def identity(self) -> dict[str, str | int]:
+        """What an index records of its artifact: enough to recognise and refuse another one."""
+        return {
+            "method": self.method,
+            "dim": self.dim,
+            "input_dim": self.input_dim,
+            "checkpoint_fingerprint": self.checkpoint_fingerprint,
+            "fingerprint": self.fingerprint(),
+        }
 
     def apply(self, descriptors: np.ndarray) -> np.ndarray:
         """Whitened, reduced, L2-normalised float32 descriptors (N x dim)."""
@@ -55,9 +77,11 @@ class Whitening:
         return f"{self.checkpoint_fingerprint}+w{digest.hexdigest()[:8]}"
 
     def save(self, path: Path) -> None:
+        """Write the .npz atomically (temp file, then rename): a reader never sees half of it."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as handle:
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "wb") as handle:
             np.savez(
                 handle,
                 mean=self.mean,
@@ -65,6 +89,13 @@ class Whitening:
                 method=np.array(self.method),
                 checkpoint_fingerprint=np.array(self.checkpoint_fingerprint),
             )
+        partial.replace(path)
+
+
+def descriptor_fingerprint(checkpoint_fingerprint: str, whitening: Whitening | None) -> str:
+    """The fingerprint an index of these descriptors carries: the checkpoint's, or with
+    whitening the checkpoint's and the projection's."""
+    return whitening.fingerprint() if whitening is not None else checkpoint_fingerprint
 
 
 def load_whitening(path: Path, checkpoint_fingerprint: str | None = None) -> Whitening:
@@ -78,9 +109,9 @@ def load_whitening(path: Path, checkpoint_fingerprint: str | None = None) -> Whi
         )
     expected = whitening.checkpoint_fingerprint
     if checkpoint_fingerprint is not None and checkpoint_fingerprint != expected:
-        raise ValueError(
-            f"{path} was learned for model {whitening.checkpoint_fingerprint}, "
-            f"not {checkpoint_fingerprint}"
+        raise WhiteningMismatchError(
+            f"whitening {path} was learned for model {whitening.checkpoint_fingerprint}, "
+            f"not {checkpoint_fingerprint}: learn one for this checkpoint with `rsir whiten`"
         )
     return whitening
 

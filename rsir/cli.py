@@ -9,6 +9,7 @@ import typer
 from common.logs import configure_logging
 from common.settings import get_settings, option_help
 from indexer.cli import app as indexer_app
+from indexer.whiten_cli import app as whiten_app
 from model.classifier_cli import app as classifier_app
 from model.cli import app as model_app
 from model.export_cli import app as export_app
@@ -20,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for sub in (model_app, indexer_app, classifier_app, service_app, export_app):
+for sub in (model_app, indexer_app, whiten_app, classifier_app, service_app, export_app):
     app.registered_commands.extend(sub.registered_commands)
     app.registered_groups.extend(sub.registered_groups)
 

@@ -24,12 +24,13 @@ from indexer.area import BBox
 from indexer.db import ImageRow, make_sessionmaker
 from indexer.embedding import EmbeddingModel, load_embedding_model
 from indexer.feedback import Feedback, UnknownFeedbackIdError, apply_feedback
-from indexer.pipeline import read_model_file
+from indexer.index_model import read_model_file, whitening_for_serving
 from indexer.search import Hit, area_search, hits_for, ranked_hits
 from indexer.store import IndexStore, ModelMismatchError
 from model.checkpoint import Checkpoint
 from model.device import best_device
 from model.imageio import decode_image
+from model.whitening import WhiteningMismatchError, descriptor_fingerprint
 from service.batcher import Batcher
 from service.errors import (
     ModelMismatchServiceError,
@@ -120,7 +121,8 @@ class InferenceCore:
         self.engine = engine
         self.metrics = metrics
         self.device = best_device(settings.device)
-        self.model: EmbeddingModel | None = None
+        self.model: EmbeddingModel | None = None  # with the index's whitening, once it is open
+        self._raw_model: EmbeddingModel | None = None
         self.checkpoint: Checkpoint | None = None
         self.embedder_name: str | None = None
         self.checkpoint_path: Path | None = None
@@ -177,7 +179,7 @@ class InferenceCore:
             log.exception("cannot load embedder %s", path)
             self.problems.append(f"embedder {path}: {exc}")
             return
-        self.model = model
+        self.model = self._raw_model = model
         self.checkpoint = ckpt
         self.checkpoint_path = Path(path).resolve()
         self.embedder_name = Path(path).stem
@@ -200,16 +202,21 @@ class InferenceCore:
         )
 
     def _load_index(self) -> None:
-        if self.model is None or self.checkpoint is None:
+        if self._raw_model is None or self.checkpoint is None:
             return
         try:
+            whitening = whitening_for_serving(
+                Path(self.settings.index_dir), self.checkpoint.fingerprint, self.settings.whitening
+            )
+            model = self._raw_model.with_whitening(whitening)
             self.store = IndexStore.open(
                 self.settings.index_dir,
                 self.engine,
-                fingerprint=self.checkpoint.fingerprint,
-                dim=self.model.dim,
+                fingerprint=descriptor_fingerprint(self.checkpoint.fingerprint, whitening),
+                dim=model.dim,
             )
-        except ModelMismatchError as exc:
+            self.model = model
+        except (ModelMismatchError, WhiteningMismatchError) as exc:
             self._index_error = ModelMismatchServiceError(str(exc))
             self.problems.append(str(exc))
             log.error("%s", exc)
@@ -223,11 +230,31 @@ class InferenceCore:
             self.problems = [p for p in self.problems if p != self._index_error.detail]
             self._index_error = None
         log.info(
-            "index %s: %d vectors (v%d)",
+            "index %s: %d %d-d vectors of model %s (v%d)",
             self.store.index_dir,
             self.store.ntotal,
+            model.dim,
+            self.store.fingerprint,
             self.store.version,
         )
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The fingerprint of the vectors queries become: the checkpoint's, or with the index's
+        whitening the checkpoint's and the projection's."""
+        if self.checkpoint is None or self.model is None:
+            return None
+        return descriptor_fingerprint(self.checkpoint.fingerprint, self.model.whitening)
+
+    def _whitening_identity(self) -> dict[str, Any] | None:
+        whitening = self.model.whitening if self.model is not None else None
+        return dict(whitening.identity()) if whitening is not None else None
+
+    def _binding_changed(self) -> bool:
+        """True when the index on disk now holds other vectors than the ones queries become
+        (e.g. the first index job made a whitened index after the service started)."""
+        recorded = read_model_file(Path(self.settings.index_dir))
+        return recorded is not None and recorded.get("fingerprint") != self.fingerprint
 
     def close(self) -> None:
         """Stop the batchers (finishing queued requests)."""
@@ -251,10 +278,14 @@ class InferenceCore:
                     self._load_index()
                 return self.store is not None
             try:
-                return self.store.reload_if_changed()
+                changed = self.store.reload_if_changed()
             except Exception:
                 log.exception("reloading the index failed; keeping version %d", self.store.version)
                 return False
+            if changed and self._binding_changed():
+                self.store = None
+                self._load_index()
+            return changed
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
@@ -262,7 +293,12 @@ class InferenceCore:
         return {
             "embedder": self.checkpoint.fingerprint if self.checkpoint else None,
             "index": (
-                {"ntotal": self.store.ntotal, "version": self.store.version}
+                {
+                    "ntotal": self.store.ntotal,
+                    "version": self.store.version,
+                    "fingerprint": self.store.fingerprint,
+                    "whitening": self._whitening_identity(),
+                }
                 if self.store is not None
                 else None
             ),
@@ -285,7 +321,11 @@ class InferenceCore:
                     classes=list(ckpt.class_names),
                     fingerprint=ckpt.fingerprint,
                     init=ckpt.init,
-                    extra={"config": ckpt.config, "image_size": ckpt.preprocessing.image_size},
+                    extra={
+                        "config": ckpt.config,
+                        "image_size": ckpt.preprocessing.image_size,
+                        "whitening": self._whitening_identity(),
+                    },
                 )
             )
         for name, clf in sorted(self.classifiers.items()):
@@ -358,8 +398,7 @@ class InferenceCore:
             hits = await anyio.to_thread.run_sync(ranked_hits, store, vector, k, label)
         else:
             hits = await anyio.to_thread.run_sync(hits_for, self.engine, scores[:k], ids[:k])
-        assert self.checkpoint is not None
-        return SearchResult(hits, self.checkpoint.fingerprint)
+        return SearchResult(hits, store.fingerprint)
 
     async def similar(
         self, image_id: int, k: int, label: str | None, feedback: Feedback | None = None
@@ -376,8 +415,7 @@ class InferenceCore:
         if feedback:
             vector = await anyio.to_thread.run_sync(self._moved, store, vector, feedback)
         hits = await anyio.to_thread.run_sync(ranked_hits, store, vector, k, label, image_id)
-        assert self.checkpoint is not None
-        return SearchResult(hits, self.checkpoint.fingerprint)
+        return SearchResult(hits, store.fingerprint)
 
     @staticmethod
     def _moved(store: IndexStore, vector: np.ndarray, feedback: Feedback) -> np.ndarray:
@@ -407,7 +445,7 @@ class InferenceCore:
             writer = IndexStore.open(
                 self.settings.index_dir,
                 self.engine,
-                fingerprint=self.checkpoint.fingerprint,
+                fingerprint=self.fingerprint,
                 writable=True,
             )
         except ModelMismatchError as exc:

@@ -77,6 +77,7 @@ def make_handlers(settings: Settings, core: InferenceCore) -> dict[str, Handler]
             commit_every=settings.commit_every,
             tiles=tile_options(params.get("tiles")),
             progress=ctx.report,
+            whitening=settings.whitening,
         )
         core.refresh_index()
         return JobOutcome(summary.to_dict())

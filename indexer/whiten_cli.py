@@ -1,0 +1,77 @@
+"""`rsir whiten`: learn a whitening artifact for a checkpoint (then `rsir index --whitening`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from common.settings import get_settings, option_help
+
+app = typer.Typer()
+
+
+@app.command()
+def whiten(
+    checkpoint: Annotated[Path, typer.Argument(help="Embedder checkpoint the artifact is for.")],
+    out: Annotated[Path, typer.Option(help="Artifact to write (.npz).")],
+    dataset: Annotated[str | None, typer.Option(help=option_help("dataset"))] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--root", "--data-root", help=option_help("data_root"))
+    ] = None,
+    per_class: Annotated[int | None, typer.Option(help=option_help("per_class"))] = None,
+    whitening_method: Annotated[
+        str | None, typer.Option("--method", help=option_help("whitening_method"))
+    ] = None,
+    whitening_dim: Annotated[
+        int | None, typer.Option("--dim", help=option_help("whitening_dim"))
+    ] = None,
+    whitening_train_split: Annotated[
+        bool | None,
+        typer.Option("--train-split/--all-images", help=option_help("whitening_train_split")),
+    ] = None,
+) -> None:
+    """Learn PCA- or Lw-whitening with dimension reduction from labelled images; the artifact
+    is bound to the checkpoint's fingerprint (other checkpoints and indexes refuse it)."""
+    from pydantic import ValidationError
+
+    from common.progress import progress_bar
+    from indexer.whiten import learn_whitening_artifact
+
+    try:
+        settings = get_settings(
+            dataset=dataset,
+            data_root=data_root,
+            per_class=per_class,
+            whitening_method=whitening_method,
+            whitening_dim=whitening_dim,
+            whitening_train_split=whitening_train_split,
+        )
+    except ValidationError as exc:
+        typer.secho(f"error: {exc.errors()[0]['msg']}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from None
+    try:
+        with progress_bar("embedding") as progress:
+            whitening = learn_whitening_artifact(
+                checkpoint_path=checkpoint,
+                dataset=settings.dataset,
+                root=settings.data_root,
+                method=settings.whitening_method,
+                dim=settings.whitening_dim,
+                out=out,
+                per_class=settings.per_class,
+                train_split=settings.whitening_train_split,
+                batch_size=settings.batch_size,
+                num_workers=settings.num_workers,
+                device=settings.device,
+                runtime=settings.runtime,
+                progress=progress,
+            )
+    except (FileNotFoundError, ValueError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from None
+    typer.echo(
+        f"{whitening.method} whitening {whitening.input_dim} -> {whitening.dim} for model "
+        f"{whitening.checkpoint_fingerprint}: {out} (descriptors {whitening.fingerprint()})"
+    )
