@@ -1,4 +1,5 @@
-"""Retrieval evaluation (Chen et al. 2021, section 4.2): embed queries and gallery, rank, score.
+"""Retrieval evaluation (Chen et al. 2021, doi:10.12677/csa.2021.113052, section 4.2): embed
+queries and gallery, rank, score.
 
 Protocols: 'split' (default): queries are the test split, the gallery the train split, so a
 query is never in its own gallery; 'all-vs-all': every image queries all the others.

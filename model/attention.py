@@ -1,4 +1,6 @@
-"""Position and channel attention of the dual-attention embedder (paper 002, after DANet).
+"""Position and channel attention of the dual-attention embedder (Chen, Wang, Chen, Qiu and He,
+2021, doi:10.12677/csa.2021.113052), after DANet (Fu et al., CVPR 2019,
+doi:10.1109/CVPR.2019.00326, arXiv:1809.02983).
 
 Both add a learned multiple (alpha, beta, initialised to 0) of the attended map to the input,
 so at initialisation they are the identity and training starts from the plain backbone.

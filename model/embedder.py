@@ -1,5 +1,6 @@
-"""The retrieval embedder of Chen et al. (2021): a backbone trunk, dual attention, pooling, L2
-normalisation. Any registered backbone (model/backbones.py) carries it."""
+"""The retrieval embedder of Chen, Wang, Chen, Qiu and He (2021, doi:10.12677/csa.2021.113052):
+a backbone trunk, dual attention, pooling, L2 normalisation. Any registered backbone
+(model/backbones.py) carries it."""
 
 from __future__ import annotations
 

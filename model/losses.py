@@ -1,4 +1,5 @@
-"""Contrastive loss on descriptor pairs (paper 002, Radenovic et al.)."""
+"""Contrastive loss on descriptor pairs, as Chen et al. (2021, doi:10.12677/csa.2021.113052) take
+it from Radenovic, Tolias and Chum (TPAMI 2019, doi:10.1109/TPAMI.2018.2846566)."""
 
 from __future__ import annotations
 

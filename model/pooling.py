@@ -26,7 +26,8 @@ def mac(x: torch.Tensor) -> torch.Tensor:
 
 
 class GeM(nn.Module):
-    """GeM pooling with a learned exponent p (initialised to 3, Radenovic et al. 2018)."""
+    """GeM pooling with a learned exponent p (initialised to 3; Radenovic, Tolias and Chum,
+    TPAMI 2019, doi:10.1109/TPAMI.2018.2846566)."""
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
         super().__init__()

@@ -1,6 +1,6 @@
 """Fine-tune the retrieval embedder: an optional classification warm start, then the contrastive
-loss with hard negatives of Chen et al. (2021) (after Radenovic, Tolias and Chum, TPAMI 2019,
-doi:10.1109/TPAMI.2018.2846566).
+loss with hard negatives of Chen et al. (2021, doi:10.12677/csa.2021.113052) (after Radenovic,
+Tolias and Chum, TPAMI 2019, doi:10.1109/TPAMI.2018.2846566).
 
 The recipe, found by measuring on UCM (bench/results/retrieval.md says what each part gave):
 an ImageNet-initialised backbone; linear warm-up then cosine decay of the learning rate; flips,

@@ -1,4 +1,6 @@
-"""Grad-CAM of the retrieval embedder: where it looks when it describes a query (paper 002, Fig. 4).
+"""Grad-CAM of the retrieval embedder: where it looks when it describes a query (Chen et al. 2021,
+doi:10.12677/csa.2021.113052, Fig. 4; Grad-CAM: Selvaraju et al., ICCV 2017,
+doi:10.1109/ICCV.2017.74).
 
 An embedder has no class score, so the target is the length of the pooled descriptor before
 L2 normalisation, `<pool(A), stop_grad(pool(A) / |pool(A)|)>`: its gradient with respect to the

@@ -1,4 +1,5 @@
-"""Center loss (Wen et al., ECCV 2016), as DDRL-AM uses it on the fused feature.
+"""Center loss (Wen, Zhang, Li and Qiao, ECCV 2016,
+doi:10.1007/978-3-319-46478-7_31), as DDRL-AM uses it on the fused feature.
 
 The centers are parameters of this module but are meant to be stepped by their own SGD
 (DDRL-AM: lr 0.5), separate from the network's optimiser; `center_optimizer` builds it.

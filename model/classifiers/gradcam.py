@@ -1,4 +1,5 @@
-"""Grad-CAM (Selvaraju et al.) for any network and layer, and CAM-map helpers.
+"""Grad-CAM (Selvaraju et al., ICCV 2017, doi:10.1109/ICCV.2017.74) for any network and layer,
+and CAM-map helpers.
 
 Why generic: DDRL-AM needs Grad-CAM of a ResNet-18's last conv block, the service needs maps for
 whatever classifier it serves, and a test checks the maths on a tiny model with a known head.
