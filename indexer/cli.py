@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from common.settings import Settings, get_settings, option_help
+from rsir_common.settings import Settings, get_settings, option_help
 
 app = typer.Typer()
 
@@ -43,11 +43,11 @@ def index(
 ) -> None:
     """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume);
     with --whitening, whitened and reduced vectors (the index then whitens its queries)."""
-    from common.progress import progress_bar
     from indexer.db import SchemaOutOfDateError
     from indexer.pipeline import index_source
     from indexer.scenes import SceneError, TileOptions, parse_bands
     from indexer.store import IndexTrainingError, ModelMismatchError
+    from rsir_common.progress import progress_bar
 
     settings = get_settings(
         checkpoint=checkpoint,
@@ -238,8 +238,8 @@ def evaluate(
 ) -> None:
     """mAP, mAP@k, P@k and per-class AP of the checkpoint (or, --on-index, of the index as
     built); writes JSON and a PR-curve PNG."""
-    from common.progress import progress_bar
     from indexer.evaluate import Refinements, evaluate_retrieval, format_results_table
+    from rsir_common.progress import progress_bar
 
     settings = get_settings(
         checkpoint=checkpoint,
@@ -297,10 +297,10 @@ def evaluate(
 def _evaluate_index(settings: Settings, out: Path) -> None:
     """`rsir evaluate --on-index`: the index's figures, queried as `rsir search` queries it
     (its checkpoint: RSIR_CHECKPOINT / --checkpoint if set, else the one it records)."""
-    from common.progress import progress_bar
     from indexer.evaluate import format_results_table
     from indexer.evaluate_index import evaluate_index
     from indexer.store import ModelMismatchError
+    from rsir_common.progress import progress_bar
 
     try:
         with progress_bar("embedding queries") as progress:

@@ -19,7 +19,6 @@ import torch
 from sqlalchemy import select
 from torch.utils.data import DataLoader, Dataset
 
-from common.settings import MAX_PIXELS, sqlite_url_for
 from indexer.db import ImageRow, SceneRow, make_engine, make_sessionmaker, prepare_schema
 from indexer.embedding import EmbeddingModel, load_embedding_model
 from indexer.index_model import MODEL_FILE as MODEL_FILE  # where it was
@@ -30,6 +29,7 @@ from indexer.sources import Entry, SourceReader, canonical_source, list_entries,
 from indexer.store import IndexStore
 from model.imageio import decode_image, max_file_bytes
 from model.whitening import descriptor_fingerprint
+from rsir_common.settings import MAX_PIXELS, sqlite_url_for
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]

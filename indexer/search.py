@@ -11,7 +11,6 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import Engine, select
 
-from common.settings import sqlite_url_for
 from indexer.area import BBox, id_selector, ids_in_bbox
 from indexer.db import ImageRow, make_engine, make_sessionmaker
 from indexer.embedding import EmbeddingModel, load_embedding_model
@@ -20,6 +19,7 @@ from indexer.index_model import read_model_file, recorded_whitening
 from indexer.store import IndexStore
 from model.checkpoint import Checkpoint
 from model.whitening import descriptor_fingerprint
+from rsir_common.settings import sqlite_url_for
 
 
 @dataclass

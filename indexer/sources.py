@@ -20,10 +20,10 @@ from typing import IO, Any
 import indexed_gzip
 from PIL import Image
 
-from common.settings import MAX_PIXELS
 from indexer.scenes import SceneTiles, TileOptions, scene_tile_names
 from model.datasets import IMAGE_EXTENSIONS
 from model.imageio import max_file_bytes
+from rsir_common.settings import MAX_PIXELS
 
 # Uncompressed bytes between two seek points of a .tar.gz: each point keeps a 32 KiB window, so
 # the index takes 0.4 % of the unpacked size in memory, and one read inflates at most 8 MiB

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from common.settings import get_settings, option_help
+from rsir_common.settings import get_settings, option_help
 
 app = typer.Typer()
 
@@ -36,8 +36,8 @@ def whiten(
     is bound to the checkpoint's fingerprint (other checkpoints and indexes refuse it)."""
     from pydantic import ValidationError
 
-    from common.progress import progress_bar
     from indexer.whiten import learn_whitening_artifact
+    from rsir_common.progress import progress_bar
 
     try:
         settings = get_settings(

@@ -7,7 +7,7 @@ import contextlib
 from alembic import context
 
 from indexer.db import Base, make_engine
-from common.settings import Settings
+from rsir_common.settings import Settings
 
 # Import every module that defines tables so that their metadata is complete.
 with contextlib.suppress(ImportError):

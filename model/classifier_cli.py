@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from common.settings import Settings, get_settings, option_help
 from model.backbones import list_backbones
 from model.datasets import DATASET_KINDS
+from rsir_common.settings import Settings, get_settings, option_help
 
 app = typer.Typer()
 

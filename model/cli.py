@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from common.settings import get_settings, option_help
 from model.datasets import DATASET_KINDS
+from rsir_common.settings import get_settings, option_help
 
 app = typer.Typer()
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from common.settings import get_settings, option_help
+from rsir_common.settings import get_settings, option_help
 
 app = typer.Typer()
 

@@ -20,7 +20,7 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageMode
 
-from common.settings import MAX_PIXELS
+from rsir_common.settings import MAX_PIXELS
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # Decoded bytes allowed per allowed pixel: an 8-bit RGBA image of max_pixels.

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import typer
 
-from common.logs import configure_logging
-from common.settings import get_settings, option_help
 from indexer.cli import app as indexer_app
 from indexer.whiten_cli import app as whiten_app
 from model.classifier_cli import app as classifier_app
 from model.cli import app as model_app
 from model.export_cli import app as export_app
+from rsir_common.logs import configure_logging
+from rsir_common.settings import get_settings, option_help
 from service.cli import app as service_app
 
 app = typer.Typer(

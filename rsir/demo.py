@@ -9,8 +9,8 @@ from pathlib import Path
 
 import typer
 
-from common.settings import Settings
 from model.train_embedder import TrainConfig
+from rsir_common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,13 @@ def run_demo(
     pretrained: bool = True,
 ) -> None:
     """Each step is skipped when its result is already there, so a re-run is quick."""
-    from common.progress import progress_bar
     from indexer.evaluate import evaluate_retrieval, format_results_table
     from indexer.pipeline import index_source
     from indexer.search import Searcher
     from model.datasets import DatasetNotFoundError, discover_dataset
     from model.imageio import read_image
     from model.train_embedder import train_embedder
+    from rsir_common.progress import progress_bar
 
     started = time.monotonic()
     try:
@@ -70,9 +70,13 @@ def run_demo(
         cfg = demo_train_config(settings, train_epochs, metric_epochs, image_size, pretrained)
         resolved = cfg.resolved()
         init = "ImageNet" if pretrained else "random init"
-        checkpoint = work / "demo" / (
-            f"embedder-{resolved.backbone}-{resolved.image_size}px-"
-            f"{train_epochs}+{metric_epochs}ep{'' if pretrained else '-random'}.pt"
+        checkpoint = (
+            work
+            / "demo"
+            / (
+                f"embedder-{resolved.backbone}-{resolved.image_size}px-"
+                f"{train_epochs}+{metric_epochs}ep{'' if pretrained else '-random'}.pt"
+            )
         )
         if not checkpoint.is_file():
             typer.echo(

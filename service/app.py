@@ -11,8 +11,8 @@ import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from common import __version__
-from common.settings import Settings
+from rsir_common import __version__
+from rsir_common.settings import Settings
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import typer
 
-from common.logs import configure_logging
-from common.settings import Settings, get_settings, option_help
+from rsir_common.logs import configure_logging
+from rsir_common.settings import Settings, get_settings, option_help
 from service.serving import run_server, run_worker
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import anyio.to_thread
 from fastapi import Depends, File, Header, Path, Request, UploadFile
 from PIL import Image
 
-from common.settings import Settings
 from indexer.db import MAX_ROW_ID
+from rsir_common.settings import Settings
 from service.backend import Backend
 from service.jobs import JobStore
 from service.security import check_api_key

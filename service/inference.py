@@ -19,7 +19,6 @@ import torch
 from PIL import Image
 from sqlalchemy import Engine
 
-from common.settings import Settings
 from indexer.area import BBox
 from indexer.db import ImageRow, make_sessionmaker
 from indexer.embedding import EmbeddingModel, load_embedding_model
@@ -31,6 +30,7 @@ from model.checkpoint import Checkpoint
 from model.device import best_device
 from model.imageio import decode_image
 from model.whitening import WhiteningMismatchError, descriptor_fingerprint
+from rsir_common.settings import Settings
 from service.batcher import Batcher
 from service.errors import (
     ModelMismatchServiceError,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common.settings import Settings
 from indexer.scenes import TileOptions
+from rsir_common.settings import Settings
 from service.inference import InferenceCore
 from service.runner import Handler, JobContext, JobOutcome
 from service.security import resolve_inside

@@ -12,8 +12,8 @@ import time
 
 from sqlalchemy import Engine
 
-from common.settings import Settings
 from indexer.db import schema_problem
+from rsir_common.settings import Settings
 from service.inference import InferenceCore
 from service.job_handlers import make_handlers
 from service.jobs import JobStore

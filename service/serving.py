@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.settings import Settings
+from rsir_common.settings import Settings
 
 
 def run_server(settings: Settings) -> None:

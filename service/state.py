@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
-from common.settings import Settings
 from indexer.db import is_embedded, make_engine, schema_problem, upgrade_db
+from rsir_common.settings import Settings
 from service.backend import Backend, LocalBackend, RemoteBackend
 from service.jobs import JobStore
 from service.metrics import Metrics

@@ -20,8 +20,8 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine
 
-from common import __version__
-from common.settings import Settings
+from rsir_common import __version__
+from rsir_common.settings import Settings
 from service.app import MULTIPART_SLACK_BYTES, add_error_handlers
 from service.backend import INTERNAL_PREFIX, classify_to_json, search_to_json
 from service.deps import RowId

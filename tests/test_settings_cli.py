@@ -14,8 +14,8 @@ import typer
 from typer.core import TyperOption
 from typer.testing import CliRunner
 
-from common.settings import Settings
 from rsir.cli import app
+from rsir_common.settings import Settings
 
 # Options that are not configuration: they name what one run acts on, asks or prints, so a
 # variable in the environment would silently apply to every later run. Arguments (the image,

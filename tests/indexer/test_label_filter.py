@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from common.settings import Settings
 from indexer.db import ImageRow, make_engine, make_sessionmaker, upgrade_db
 from indexer.search import Searcher
 from indexer.store import IndexStore
 from model.checkpoint import load_embedder
+from rsir_common.settings import Settings
 from service.inference import InferenceCore
 from service.metrics import Metrics
 

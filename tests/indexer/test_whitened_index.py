@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from common.settings import Settings, sqlite_url_for
 from indexer.db import ImageRow, make_engine, make_sessionmaker, upgrade_db
 from indexer.embedding import load_embedding_model
 from indexer.evaluate import evaluate_retrieval
@@ -27,6 +26,7 @@ from model.imageio import decode_image
 from model.transforms import Preprocessing
 from model.whitening import Whitening, load_whitening
 from rsir.cli import app
+from rsir_common.settings import Settings, sqlite_url_for
 from tests.conftest import UCM_IMAGES, make_class_folder
 
 pytestmark = pytest.mark.slow

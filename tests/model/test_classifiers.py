@@ -462,7 +462,7 @@ def test_the_workers_classify_call_answers_with_every_method(
     import anyio
     from sqlalchemy import create_engine
 
-    from common.settings import get_settings
+    from rsir_common.settings import get_settings
     from service.inference import InferenceCore
     from service.metrics import Metrics
 
@@ -693,7 +693,7 @@ def test_the_plain_classifiers_heat_map_reaches_the_service(tmp_path: Path) -> N
     import anyio
     from sqlalchemy import create_engine
 
-    from common.settings import get_settings
+    from rsir_common.settings import get_settings
     from service.inference import InferenceCore
     from service.metrics import Metrics
 

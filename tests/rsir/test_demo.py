@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import Settings
 from rsir.demo import run_demo
+from rsir_common.settings import Settings
 from tests.conftest import UCM_IMAGES
 
 # Real UCM images a few pixels short of 256 x 256, and full 256 x 256 ones.

@@ -22,13 +22,13 @@ import torch
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from common.settings import Settings
 from indexer.db import upgrade_db
 from indexer.pipeline import index_source
 from model.checkpoint import Checkpoint, embedder_checkpoint, fingerprint, save_checkpoint
 from model.classifiers.registry import build_classifier, classifier_config
 from model.embedder import EmbedderConfig, build_embedder
 from model.transforms import Preprocessing
+from rsir_common.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("RSIR_TEST_DATA", REPO.parent / "shared" / "data"))
