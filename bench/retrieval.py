@@ -262,6 +262,34 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _also_section(relative: str) -> list[str]:
+    """The summary table of another run's report (e.g. the same recipe on a GPU, all seeds)."""
+    other = json.loads((RESULTS / relative).read_text())
+    r, m = other["recipe"], other["machine"]
+    lines = [
+        f"## Same benchmark, another run: `{relative}`",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}; torch {m['torch']}; "
+        f"date {m['date']}. Recipe: {r['backbone']} (init `{r['init']}`), {r['image_size']} px, "
+        f"{r['freeze_stages']} frozen stages, {r['ce_epochs']} classification + "
+        f"{r['metric_epochs']} contrastive epochs, lr {r['lr']}, seeds {r['seeds']}.",
+        "",
+        "| dataset | method | mAP mean | std | seeds | train s (mean) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in summarise(other["rows"]):
+        lines.append(
+            f"| {s['dataset']} | {s['method']} | {s['mean']:.4f} | {s['std']:.4f} | "
+            f"{s['n']} | {s['train_seconds']:.0f} |"
+        )
+    for g in other.get("generalisation", []):
+        lines.append(
+            f"\nGeneralisation: trained on {g['trained_on']}, all-vs-all on "
+            f"{g['evaluated_on']}: {g['map']:.4f} (off the shelf {g['off_the_shelf']:.4f})."
+        )
+    return lines
+
+
 def markdown(figures: dict[str, Any]) -> str:
     r, m = figures["recipe"], figures["machine"]
     lines = [
@@ -314,6 +342,8 @@ def markdown(figures: dict[str, Any]) -> str:
         f"Cached-path check: descriptors from cached maps vs the checkpoint's own "
         f"forward pass on real images, lowest mean cosine {figures['cache_check_mean_cosine']}."
     )
+    for other in figures.get("also", []):
+        lines += ["", *_also_section(other)]
     lines += ["", *(f"- {note}" for note in figures.get("notes", []))]
     return "\n".join(lines) + "\n"
 
@@ -338,17 +368,24 @@ def main() -> None:
         "--append", action="store_true", help="Keep the saved rows of other runs (datasets)."
     )
     parser.add_argument("--note", action="append", default=[], help="A line for the report.")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        help="Another run's JSON (relative to bench/results) whose table the report shows too.",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     saved = RESULTS / f"{args.name}.json"
     if args.render:
         figures = json.loads(saved.read_text())
+        figures["also"] = sorted({*figures.get("also", []), *args.also})
         write_report(args.name, figures, markdown(figures))
     else:
         old = json.loads(saved.read_text()) if args.append and saved.is_file() else None
 
         def save(partial: dict[str, Any]) -> None:
-            merged = {**partial, "notes": list(args.note)}
+            merged = {**partial, "notes": list(args.note), "also": list(args.also)}
             if old is not None:
                 merged["runs"] = [*old.get("runs", [old["recipe"]]), partial["recipe"]]
                 merged["rows"] = [*old["rows"], *partial["rows"]]
