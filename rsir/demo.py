@@ -47,7 +47,8 @@ def run_demo(
     pretrained: bool = True,
 ) -> None:
     """Each step is skipped when its result is already there, so a re-run is quick."""
-    from indexer.evaluate import evaluate_retrieval, format_results_table
+    from indexer.evaluate import format_results_table
+    from indexer.evaluate_index import evaluate_index
     from indexer.pipeline import index_source
     from indexer.search import Searcher
     from model.datasets import DatasetNotFoundError, discover_dataset
@@ -110,17 +111,21 @@ def run_demo(
     )
 
     out = work / "demo" / "evaluation"
-    typer.echo(f"[4/4] evaluating (queries: 20 % test split, gallery: 80 % train split) -> {out}")
-    with progress_bar("embedding") as progress:
-        results = evaluate_retrieval(
-            checkpoint_path=checkpoint,
+    typer.echo(
+        f"[4/4] evaluating the index as built (queries: 20 % test split, gallery: the other "
+        f"indexed images) -> {out}"
+    )
+    with progress_bar("embedding the queries") as progress:
+        results = evaluate_index(
+            index_dir=settings.index_dir,
             dataset="ucm",
             root=settings.data_root,
             out_dir=out,
+            db_url=settings.resolved_db_url(),
+            checkpoint_path=checkpoint,
             batch_size=settings.batch_size,
             num_workers=settings.num_workers,
             device=settings.device,
-            cache_dir=settings.resolved_cache_dir(),
             progress=progress,
         )
     typer.echo(format_results_table(results))
