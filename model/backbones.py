@@ -227,11 +227,6 @@ _register_resnet("resnet34", models.resnet34, models.ResNet34_Weights.IMAGENET1K
 _register_resnet("resnet50", models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1)
 
 
-def resnet_weights_url(name: str) -> str:
-    """The torchvision download address of a registered ResNet's ImageNet file."""
-    return get_backbone(name).source
-
-
 # ---------------------------------------------------------------- EfficientNet-Lite (timm)
 
 

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 EXPORT_RUNTIMES = ("onnx", "openvino")
 RUNTIME_CHOICES = ("auto", "torch", *EXPORT_RUNTIMES)
-PRECISIONS = ("fp32", "int8")
 PARITY_THRESHOLDS = {"fp32": 0.999, "int8": 0.98}
 PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
 

@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from service.models import JobRow, JobStatus, utcnow
+from indexer.db import utcnow
+from service.models import JobRow, JobStatus
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,6 @@ from sqlalchemy.orm import Mapped, deferred, mapped_column
 
 from indexer.db import Base, UTCDateTime, utcnow
 
-JOB_KINDS = ("evaluation", "index")
-
 
 class JobStatus(StrEnum):
     """Where a job is: queued -> running -> done | failed (stored as its value)."""
@@ -25,9 +23,6 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
-
-
-__all__ = ["JOB_KINDS", "JobRow", "JobStatus", "UTCDateTime", "utcnow"]
 
 
 class JobRow(Base):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from indexer.db import is_embedded, make_engine, schema_problem, upgrade_db
 from rsir_common.settings import Settings
@@ -31,16 +31,6 @@ def prepare_db(settings: Settings) -> tuple[Engine, str | None]:
         return engine, schema_problem(engine)
     except Exception as exc:
         return engine, f"metadata DB unreachable: {exc}"
-
-
-def db_ok(engine: Engine) -> str | None:
-    """None when the DB answers, else why not."""
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:
-        return f"metadata DB unreachable: {exc}"
-    return None
 
 
 @dataclass
