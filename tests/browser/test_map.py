@@ -26,10 +26,10 @@ from tests.browser.test_web_page import (
     CHROMIUM,
     CHROMIUM_ARGS,
     DATA_ROOT,
-    free_port,
     make_checkpoint,
     wait_ready,
 )
+from tests.helpers import free_port
 
 COG = DATA_ROOT / "geotiff" / "cogeo.tif"
 TILES = 16

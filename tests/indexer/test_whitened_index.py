@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -28,6 +26,7 @@ from model.whitening import Whitening, load_whitening
 from rsir.cli import app
 from rsir_common.settings import Settings, sqlite_url_for
 from tests.conftest import UCM_IMAGES, make_class_folder
+from tests.helpers import asgi_client
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -166,13 +165,6 @@ def served(world: dict[str, Path], index_dir: Path) -> Settings:
     )
 
 
-async def _client(app: object) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):  # type: ignore[attr-defined]
-        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
-
-
 @pytest.mark.anyio
 async def test_api_and_worker_whiten_queries_from_the_index_metadata(
     world: dict[str, Path],
@@ -184,7 +176,7 @@ async def test_api_and_worker_whiten_queries_from_the_index_metadata(
     expected_ids, expected_scores = hand_whitened_top(world, query)
     whitening = load_whitening(world["artifact"])
     settings = served(world, world["whitened"])
-    async for api in _client(create_app(settings, poll_seconds=0.2)):
+    async with asgi_client(create_app(settings, poll_seconds=0.2)) as api:
         files = {"image": ("q.jpg", query.read_bytes(), "image/jpeg")}
         response = await api.post("/search", files=files, data={"k": K})
         assert response.status_code == 200, response.text
@@ -196,7 +188,7 @@ async def test_api_and_worker_whiten_queries_from_the_index_metadata(
         assert ready["components"]["worker"]["index"]["whitening"]["dim"] == DIM, ready
         models = (await api.get("/models")).json()["models"]
         assert models[0]["extra"]["whitening"]["fingerprint"] == whitening.fingerprint()
-    async for worker in _client(create_worker_app(settings, poll_seconds=0.2)):
+    async with asgi_client(create_worker_app(settings, poll_seconds=0.2)) as worker:
         response = await worker.post(
             "/internal/search", params={"k": K}, content=query.read_bytes()
         )
@@ -283,7 +275,7 @@ async def test_service_refuses_a_replaced_artifact(world: dict[str, Path], tmp_p
     from service.app import create_app
 
     settings = served(world, tampered(world, tmp_path))
-    async for api in _client(create_app(settings, poll_seconds=0.2)):
+    async with asgi_client(create_app(settings, poll_seconds=0.2)) as api:
         ready = await api.get("/ready")
         assert ready.status_code == 503 and "restore that artifact" in ready.json()["detail"]
         files = {"image": ("q.jpg", query_image(world).read_bytes(), "image/jpeg")}

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -29,6 +29,7 @@ from model.classifiers.registry import build_classifier, classifier_config
 from model.embedder import EmbedderConfig, build_embedder
 from model.transforms import Preprocessing
 from rsir_common.settings import Settings
+from tests.helpers import running_app
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("RSIR_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -149,13 +150,8 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="module")
 async def client(world: World, anyio_backend: str) -> AsyncIterator[httpx.AsyncClient]:
     """The real app over the ASGI transport, lifespan included (loaded once per module)."""
-    from service.app import create_app
-
-    app = create_app(world.settings(), poll_seconds=0.2)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
+    async with running_app(world.settings(), poll_seconds=0.2) as http:
+        yield http
 
 
 # ---------------------------------------------------------------------- databases
@@ -203,18 +199,8 @@ def migrated_db(db_url: str) -> str:
 AppFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
-@asynccontextmanager
-async def _running_app(settings: Settings, **kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
-    from service.app import create_app
-
-    app = create_app(settings, poll_seconds=0.1, **kwargs)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
-
-
-@pytest.fixture
-def running_app() -> AppFactory:
-    """`async with running_app(settings) as client`: a real app, lifespan included."""
-    return _running_app
+@pytest.fixture(name="running_app")
+def running_app_fixture() -> AppFactory:
+    """`async with running_app(settings) as client`: a real app, lifespan included
+    (tests/helpers.py's `running_app`)."""
+    return running_app

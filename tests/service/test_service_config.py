@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 import torch
 
@@ -18,18 +15,10 @@ from model.transforms import Preprocessing
 from service.app import create_app
 from service.routes.images import content_disposition
 from service.security import resolve_inside
+from tests.helpers import running_app
 
 if TYPE_CHECKING:
     from conftest import World
-
-
-@asynccontextmanager
-async def running_app(settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, poll_seconds=0.1)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
 
 
 @pytest.mark.anyio

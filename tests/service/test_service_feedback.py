@@ -15,6 +15,7 @@ import pytest
 
 from indexer.pipeline import index_source
 from tests.conftest import ucm_files
+from tests.helpers import running_app
 
 if TYPE_CHECKING:
     from conftest import World
@@ -32,8 +33,6 @@ async def trained_client(
     tmp_path_factory: pytest.TempPathFactory,
     anyio_backend: str,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    from service.app import create_app
-
     index_dir = tmp_path_factory.mktemp("feedback-service-index")
     summary = index_source(
         small_folder, checkpoint_path=trained_checkpoint, index_dir=index_dir, batch_size=16,
@@ -46,13 +45,9 @@ async def trained_client(
         classifier_checkpoints=[],
         data_root=small_folder.parent,
     )
-    app = create_app(settings, poll_seconds=0.2)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://test", headers={"X-API-Key": world.api_key}
-        ) as http:
-            yield http
+    key = {"X-API-Key": world.api_key}
+    async with running_app(settings, poll_seconds=0.2, headers=key) as http:
+        yield http
 
 
 def marks(hits: list[dict], cls: str) -> dict[str, str]:

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy import create_engine, text
@@ -28,6 +24,7 @@ from sqlalchemy.engine import make_url
 
 from indexer.db import upgrade_db
 from indexer.pipeline import index_source
+from tests.helpers import served
 
 if TYPE_CHECKING:
     from conftest import World
@@ -39,17 +36,6 @@ POSTGRES_URL = os.environ.get(
     "RSIR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 TARGETS = [("sqlite", True), ("sqlite", False), ("postgresql", True), ("postgresql", False)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # runs in a thread: leave signals to pytest
-        pass
 
 
 def _postgres_schema(name: str) -> str:
@@ -89,21 +75,10 @@ def fuzz_target(
             db_url=db_url, num_workers=0, device="cpu",
         )  # fmt: skip
     settings_ = world.settings(index_dir=index_dir, db_url=db_url)
-    port = _free_port()
-    app = create_app(settings_, run_jobs=False)
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    assert httpx.get(base + "/ready", timeout=10).status_code == 200
-    headers = {"X-API-Key": world.api_key} if with_key else {}
-    yield {"base": base, "headers": headers, "name": f"{db}-{'key' if with_key else 'nokey'}"}
-    server.should_exit = True
-    thread.join(30)
+    with served(create_app(settings_, run_jobs=False)) as base:
+        assert httpx.get(base + "/ready", timeout=10).status_code == 200
+        headers = {"X-API-Key": world.api_key} if with_key else {}
+        yield {"base": base, "headers": headers, "name": f"{db}-{'key' if with_key else 'nokey'}"}
 
 
 def test_every_operation_answers_as_documented(fuzz_target: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from indexer.db import ImageRow, make_engine, make_sessionmaker
 from indexer.pipeline import index_source
+from tests.helpers import running_app
 
 if TYPE_CHECKING:
     from conftest import World
@@ -61,14 +62,9 @@ def geo_world(world: World) -> tuple[World, Path]:
 async def geo_client(
     geo_world: tuple[World, Path], anyio_backend: str
 ) -> AsyncIterator[httpx.AsyncClient]:
-    from service.app import create_app
-
     world, index_dir = geo_world
-    app = create_app(world.settings(index_dir=index_dir), poll_seconds=0.2)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
+    async with running_app(world.settings(index_dir=index_dir), poll_seconds=0.2) as http:
+        yield http
 
 
 def tile_png(scene: Path, window: Window) -> bytes:

@@ -7,7 +7,6 @@ import io
 import shutil
 import tarfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.app import create_app
+from tests.helpers import running_app
 
 if TYPE_CHECKING:
     from conftest import World
@@ -24,15 +23,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 UCM = Path(__file__).resolve().parents[3] / "shared" / "data" / "UCMerced_LandUse" / "Images"
-
-
-@asynccontextmanager
-async def running_app(settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, poll_seconds=0.1)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
 
 
 async def wait_for(client: httpx.AsyncClient, url: str, timeout: float = 90.0) -> dict[str, Any]:

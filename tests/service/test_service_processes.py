@@ -14,8 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,21 +23,13 @@ import anyio
 import httpx
 import pytest
 
-from service.app import create_app
+from tests.helpers import free_port, running_app
 
 if TYPE_CHECKING:
     from conftest import World
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("RSIR_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def env_for(settings: Any) -> dict[str, str]:
@@ -119,15 +111,6 @@ def test_serve_command_runs_uvicorn_on_a_free_port(world: World, tmp_path: Path)
     assert f"http://127.0.0.1:{port}/" in text  # the URL is printed
 
 
-@asynccontextmanager
-async def api_client(settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, poll_seconds=0.2)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
-            yield http
-
-
 async def poll(client: httpx.AsyncClient, url: str, until: Any, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     seen: list[str] = []
@@ -158,7 +141,7 @@ async def test_job_survives_a_killed_worker(world: World, tmp_path: Path) -> Non
     worker_env = env_for(settings.model_copy(update={"worker_url": None}))
     key = {"X-API-Key": world.api_key}
     log = tmp_path / "worker.log"
-    async with api_client(settings) as api:
+    async with running_app(settings, poll_seconds=0.2, base_url="http://api") as api:
         # No worker yet: the API is up but not ready, and queries say why.
         down = await api.get("/ready")
         assert down.status_code == 503 and "unreachable" in down.json()["detail"]
