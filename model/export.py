@@ -72,15 +72,11 @@ def torch_network(ckpt: Checkpoint, path: Path) -> nn.Module:
         return embedder
     if ckpt.kind != "classifier":
         raise ExportError(f"{path} holds a {ckpt.kind!r} checkpoint; nothing to export")
-    method = str(ckpt.config.get("method"))
-    if method == "ddrl-am":
-        raise ExportError(
-            "DDRL-AM cannot be exported: its forward pass computes a Grad-CAM map, i.e. a "
-            "backward pass through its attention network, and an inference graph has no "
-            "autograd. Serve it with torch."
-        )
-    from model.classifiers.registry import build_deployed
+    from model.classifiers.registry import build_deployed, get_method
 
+    refusal = get_method(str(ckpt.config.get("method"))).export_refusal
+    if refusal is not None:
+        raise ExportError(refusal)
     net = build_deployed(ckpt.config)
     net.load_state_dict(ckpt.state_dict)
     return _Probabilities(net).eval()

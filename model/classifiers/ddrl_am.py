@@ -304,4 +304,9 @@ METHOD = ClassifierMethod(
     build_deployed=lambda config: build_ddrl_am(config, False, None)[0],
     recipe=ddrl_am_recipe,
     trainer=train_ddrl_am,
+    export_refusal=(
+        "DDRL-AM cannot be exported: its forward pass computes a Grad-CAM map, i.e. a "
+        "backward pass through its attention network, and an inference graph has no "
+        "autograd. Serve it with torch."
+    ),
 )

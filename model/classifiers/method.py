@@ -98,6 +98,8 @@ class ClassifierMethod:
     recipe: its paper's optimiser recipe for a batch size.
     sampler: its batch order (LAFE pairs same-label images).
     trainer: how it is trained (DDRL-AM trains an attention network first).
+    export_refusal: why its network cannot become an inference graph (ONNX, OpenVINO); None
+    when it can.
     """
 
     name: str
@@ -107,6 +109,7 @@ class ClassifierMethod:
     recipe: Callable[[int], Recipe]
     sampler: Sampler = shuffled_batches
     trainer: Trainer = field(default=train_single_network)
+    export_refusal: str | None = None
 
     def train(self, run: TrainRun) -> tuple[SceneClassifier, str, list[dict[str, Any]]]:
         """Train this method: (network in eval mode, initialisation, per-epoch history)."""
