@@ -41,6 +41,7 @@ from service.errors import (
 )
 from service.explain import embedder_cam, overlay_png
 from service.metrics import Metrics
+from service.security import public_problem
 from service.sources import SourceCache
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class InferenceCore:
                 classifier = _load_classifier(Path(path), self.device)
             except Exception as exc:
                 log.exception("cannot load classifier %s", path)
-                self.problems.append(f"classifier {path}: {exc}")
+                self.problems.append(self._public(f"classifier {path}: {exc}", path))
                 continue
             self.classifiers[classifier.name] = classifier
             batcher: Batcher[Image.Image, list[float]] = Batcher(
@@ -167,8 +168,10 @@ class InferenceCore:
             path = Path(recorded["checkpoint"]) if recorded else None
         if path is None:
             self.problems.append(
-                "no embedder checkpoint configured (RSIR_CHECKPOINT) and none recorded in "
-                f"{self.settings.index_dir}"
+                self._public(
+                    "no embedder checkpoint configured (RSIR_CHECKPOINT) and none recorded in "
+                    f"{self.settings.index_dir}"
+                )
             )
             return
         try:
@@ -177,7 +180,7 @@ class InferenceCore:
             )
         except Exception as exc:
             log.exception("cannot load embedder %s", path)
-            self.problems.append(f"embedder {path}: {exc}")
+            self.problems.append(self._public(f"embedder {path}: {exc}", path))
             return
         self.model = self._raw_model = model
         self.checkpoint = ckpt
@@ -217,13 +220,15 @@ class InferenceCore:
             )
             self.model = model
         except (ModelMismatchError, WhiteningMismatchError) as exc:
-            self._index_error = ModelMismatchServiceError(str(exc))
-            self.problems.append(str(exc))
+            self._index_error = ModelMismatchServiceError(self._public(str(exc)))
+            self.problems.append(self._index_error.detail)
             log.error("%s", exc)
             return
         except Exception as exc:
             log.exception("cannot open the index in %s", self.settings.index_dir)
-            self._index_error = NotReadyError(f"index in {self.settings.index_dir}: {exc}")
+            self._index_error = NotReadyError(
+                self._public(f"index in {self.settings.index_dir}: {exc}")
+            )
             self.problems.append(self._index_error.detail)
             return
         if self._index_error is not None:  # loaded on a retry: the old reason is gone
@@ -237,6 +242,16 @@ class InferenceCore:
             self.store.fingerprint,
             self.store.version,
         )
+
+    def _public(self, problem: str, *files: Path | str) -> str:
+        """`problem` as clients see it: the named files, the index folder and the whitening
+        artifact by their public paths (service/security.py), one line; the log has it whole."""
+        paths = [*files, self.settings.index_dir]
+        if self.checkpoint_path is not None:
+            paths.append(self.checkpoint_path)
+        if self.settings.whitening is not None:
+            paths.append(self.settings.whitening)
+        return public_problem(problem, Path(self.settings.data_root), paths)
 
     @property
     def fingerprint(self) -> str | None:

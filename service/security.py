@@ -113,6 +113,21 @@ def public_path(path: str, root: Path) -> str:
         return candidate.name
 
 
+def public_problem(text: str, data_root: Path, paths: list[Path | str]) -> str:
+    """A problem as public answers show it (/ready, /health, 503 details): each server file or
+    folder of `paths` that it names by its public path (`public_path`), then one line as
+    `public_text` makes it. The log keeps the full text."""
+    forms: dict[str, str] = {}
+    for path in paths:
+        shown = public_path(str(Path(path).resolve()), data_root)
+        for form in (str(Path(path).resolve()), str(path)):
+            if form not in ("", "."):
+                forms.setdefault(form, shown)
+    for form in sorted(forms, key=len, reverse=True):  # a folder after the files inside it
+        text = text.replace(form, forms[form])
+    return public_text(text, [data_root]) or ""
+
+
 def public_text(text: str | None, roots: list[Path]) -> str | None:
     """A one-line reason for clients: the first line, with server folders made relative.
     (Tracebacks stay in the log.)"""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from service.security import public_path, public_text
+from service.security import public_path, public_problem, public_text
 
 if TYPE_CHECKING:
     from conftest import AppFactory, World
@@ -58,3 +58,51 @@ def test_public_helpers(tmp_path: Path) -> None:
         'Traceback (most recent call last):\n  File "/srv/x.py"'
     )
     assert public_text(trace, [root]) == "FileNotFoundError: no such file a/b.jpg"
+    index, ckpt = tmp_path / "srv" / "index", tmp_path / "srv" / "m" / "e.pt"
+    problem = f"embedder {ckpt}: {ckpt} missing; index in {index} (in {index}/seg.faiss)\nTrace"
+    assert public_problem(problem, root, [ckpt, index, root / "c" / "x.pt"]) == (
+        "embedder e.pt: e.pt missing; index in index (in index/seg.faiss)"
+    )
+
+
+async def test_ready_and_health_name_models_and_the_index_without_server_paths(
+    world: World, tmp_path: Path, running_app: AppFactory
+) -> None:
+    elsewhere = tmp_path / "srv" / "models"  # outside the data root: shown by its name
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "broken.pt").write_bytes(b"not a checkpoint")
+    inside = world.data_root / "models" / "missing.pt"  # inside: relative to the data root
+    settings = world.settings(
+        index_dir=tmp_path / "srv" / "index",
+        checkpoint=elsewhere / "missing-embedder.pt",
+        classifier_checkpoints=[elsewhere / "broken.pt", inside],
+    )
+    async with running_app(settings, run_jobs=False) as client:
+        ready = await client.get("/ready")
+        health = await client.get("/health")
+        files = {"image": ("q.jpg", world.sample.read_bytes(), "image/jpeg")}
+        search = await client.post("/search", files=files)
+    assert ready.status_code == 503 and search.status_code == 503
+    for answer in (ready.text, health.text, search.text):
+        assert str(tmp_path) not in answer and str(world.root) not in answer, answer
+    detail = ready.json()["detail"]
+    assert "missing-embedder.pt" in detail and "broken.pt" in detail, detail
+    assert "models/missing.pt" in detail, detail
+
+
+async def test_a_model_mismatch_names_the_index_without_its_server_path(
+    world: World, tmp_path: Path, running_app: AppFactory, other_checkpoint: Path
+) -> None:
+    index_dir = tmp_path / "srv" / "index"
+    shutil.copytree(world.index_dir, index_dir)
+    settings = world.settings(
+        index_dir=index_dir, checkpoint=other_checkpoint, classifier_checkpoints=[]
+    )
+    async with running_app(settings, run_jobs=False) as client:
+        ready = await client.get("/ready")
+        files = {"image": ("q.jpg", world.sample.read_bytes(), "image/jpeg")}
+        search = await client.post("/search", files=files)
+    assert ready.status_code == 503 and "was made by model" in ready.json()["detail"]
+    assert search.status_code in (409, 503)
+    for answer in (ready.text, search.text):
+        assert str(tmp_path) not in answer and str(world.root) not in answer, answer
