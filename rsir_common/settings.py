@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     )
     worker_host: str = "127.0.0.1"
     worker_port: int = 8001
+    keep_alive_timeout: int = Field(
+        default=5,
+        ge=1,
+        description="Seconds a connection may stay idle before the server closes it: after a "
+        "response, and from its opening until a whole request head has arrived.",
+    )
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     max_pixels: int = Field(
         default=MAX_PIXELS,
