@@ -464,9 +464,9 @@ class InferenceCore:
                 writable=True,
             )
         except ModelMismatchError as exc:
-            raise ModelMismatchServiceError(str(exc)) from None
+            raise ModelMismatchServiceError(self._public(str(exc))) from None
         except RuntimeError as exc:  # the writer lock: an index run is in progress
-            raise ServiceError(f"{exc}; retry when it ends", 409) from None
+            raise ServiceError(self._public(f"{exc}; retry when it ends"), 409) from None
         with writer:
             removed = writer.remove(image_ids)
         self.refresh_index()

@@ -6,19 +6,31 @@ no internet shows real pixels under the hits' footprints: no web tiles needed.
 
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 
 from indexer.db import SceneRow
-from indexer.geoquery import list_scenes, overview_extent, overview_png
+from indexer.geoquery import get_scene, list_scenes, overview_extent, overview_png
 from indexer.scenes import SceneError, UnknownSceneError
 from service.deps import RowId, StateDep
 from service.errors import NotFoundError, ServiceError
 from service.schemas import SceneOut, ScenesResponse
+from service.security import public_problem
+from service.state import AppState
 
 router = APIRouter(tags=["scenes"])
+
+
+def scene_problem(state: AppState, scene_id: int, text: str) -> str:
+    """`text` about a scene as public answers show it: the scene's file by its public path
+    (service/security.py), one line. Blocking (a DB read): run it in a thread."""
+    try:
+        paths: list[Path | str] = [get_scene(state.engine, scene_id).source]
+    except Exception:
+        paths = []
+    return public_problem(text, Path(state.settings.data_root), paths)
 
 
 def scene_out(request: Request, scene: SceneRow) -> SceneOut:
@@ -61,7 +73,10 @@ async def scene_overview(state: StateDep, scene_id: RowId) -> Response:
     except UnknownSceneError as exc:
         raise NotFoundError(str(exc)) from None
     except SceneError as exc:
-        raise ServiceError(str(exc), 422) from None
+        detail = await anyio.to_thread.run_sync(scene_problem, state, scene_id, str(exc))
+        raise ServiceError(detail, 422) from None
     except OSError as exc:
-        raise ServiceError(f"scene {scene_id} cannot be read: {exc}", 410) from None
+        text = f"scene {scene_id} cannot be read: {exc}"
+        detail = await anyio.to_thread.run_sync(scene_problem, state, scene_id, text)
+        raise ServiceError(detail, 410) from None
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

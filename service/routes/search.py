@@ -24,6 +24,7 @@ from model.imageio import is_tiff
 from service.deps import BackendDep, CheckedImage, ImageDep, OptionalImageDep, RowId, StateDep
 from service.errors import NotFoundError, ServiceError, parse_area, parse_feedback
 from service.inference import SearchResult
+from service.routes.scenes import scene_problem
 from service.schemas import HitOut, SearchResponse
 from service.security import public_path
 
@@ -109,7 +110,8 @@ async def place_query(
     except UnknownSceneError as exc:
         raise NotFoundError(str(exc)) from None
     except (SceneError, ValueError) as exc:
-        raise ServiceError(str(exc), 422) from None
+        detail = await anyio.to_thread.run_sync(scene_problem, state, scene_id, str(exc))
+        raise ServiceError(detail, 422) from None
     return CheckedImage(await anyio.to_thread.run_sync(png_bytes, found.image), found.image)
 
 

@@ -106,3 +106,51 @@ async def test_a_model_mismatch_names_the_index_without_its_server_path(
     assert search.status_code in (409, 503)
     for answer in (ready.text, search.text):
         assert str(tmp_path) not in answer and str(world.root) not in answer, answer
+
+
+async def test_a_delete_during_an_index_run_is_409_without_the_index_path(
+    world: World, tmp_path: Path, running_app: AppFactory
+) -> None:
+    from indexer.db import make_engine
+    from indexer.store import IndexStore
+
+    index_dir = tmp_path / "srv" / "index"
+    shutil.copytree(world.index_dir, index_dir)
+    settings = world.settings(index_dir=index_dir, classifier_checkpoints=[])
+    engine = make_engine(settings.resolved_db_url())
+    key = {"X-API-Key": world.api_key}
+    try:
+        async with running_app(settings, run_jobs=False) as client:
+            with IndexStore.open(index_dir, engine, writable=True):  # an index run holds it
+                response = await client.delete("/images/1", headers=key)
+    finally:
+        engine.dispose()
+    assert response.status_code == 409 and "retry when it ends" in response.text
+    assert str(tmp_path) not in response.text, response.text
+
+
+async def test_an_unreadable_scene_is_refused_without_its_server_path(
+    world: World, tmp_path: Path, running_app: AppFactory
+) -> None:
+    from indexer.pipeline import index_source
+    from tests.service.test_service_geo import geotiff_dir
+
+    scene = tmp_path / "srv" / "scenes" / "cogeo.tif"
+    scene.parent.mkdir(parents=True)
+    shutil.copyfile(geotiff_dir(world) / "cogeo.tif", scene)
+    index_dir = tmp_path / "srv" / "index"
+    index_source(
+        scene, checkpoint_path=world.checkpoint, index_dir=index_dir, num_workers=0, device="cpu"
+    )
+    scene.write_bytes(b"no longer a GeoTIFF")  # the file went bad after indexing
+    settings = world.settings(index_dir=index_dir, classifier_checkpoints=[])
+    async with running_app(settings, run_jobs=False) as client:
+        scenes = (await client.get("/scenes")).json()["scenes"]
+        response = await client.get(scenes[0]["overview_url"])
+        place = await client.post(
+            "/search", data={"scene_id": scenes[0]["id"], "window": "0,0,64,64"}
+        )
+    assert response.status_code in (410, 422) and "cogeo.tif" in response.text, response.text
+    assert place.status_code == 422 and "cogeo.tif" in place.text, place.text
+    for answer in (response.text, place.text):
+        assert str(tmp_path) not in answer, answer
