@@ -1,4 +1,5 @@
-"""bench/gpu.sh on a machine without CUDA: it must stop at once with a clear reason."""
+"""The GPU recipes (bench/gpu.sh, bench/gpu_accuracy.sh) on a machine without CUDA: each must
+stop at once with a clear reason and write nothing."""
 
 from __future__ import annotations
 
@@ -10,11 +11,20 @@ import torch
 
 from tests.conftest import REPO
 
+RECIPES = ["gpu.sh", "gpu_accuracy.sh"]
+GPU_RESULTS = REPO / "bench" / "results" / "gpu"
+
+
+def _written() -> set[str]:
+    return {str(p) for p in GPU_RESULTS.rglob("*")} if GPU_RESULTS.exists() else set()
+
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
-def test_gpu_recipe_fails_clearly_without_cuda() -> None:
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_gpu_recipe_fails_clearly_without_cuda(recipe: str) -> None:
+    before = _written()
     done = subprocess.run(
-        ["bash", str(REPO / "bench" / "gpu.sh")],
+        ["bash", str(REPO / "bench" / recipe)],
         env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
@@ -22,10 +32,9 @@ def test_gpu_recipe_fails_clearly_without_cuda() -> None:
     )
     assert done.returncode == 2
     assert "no CUDA device" in done.stderr
-    assert not (REPO / "bench" / "results" / "gpu").exists() or not any(
-        (REPO / "bench" / "results" / "gpu").iterdir()
-    )
+    assert _written() == before  # no report folder made for a device that is not there
 
 
-def test_gpu_recipe_is_valid_bash() -> None:
-    subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu.sh")], check=True)
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_gpu_recipe_is_valid_bash(recipe: str) -> None:
+    subprocess.run(["bash", "-n", str(REPO / "bench" / recipe)], check=True)
