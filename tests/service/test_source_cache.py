@@ -35,8 +35,12 @@ def test_first_read_of_a_large_tar_gz_does_not_block_other_sources(tmp_path: Pat
     folder_s = time.monotonic() - started
     slow.join(timeout=120)
     print(f"archive first read {results['archive_s']:.2f} s, folder read {folder_s:.3f} s")
-    assert results["archive_s"] > 1.0, results  # else this test shows nothing
-    assert folder_s < 0.5, f"the folder read waited {folder_s:.2f} s for the archive"
+    # Had the folder read waited for the archive, it would have taken the rest of the archive's
+    # read (archive_s - 0.3 s); unblocked it takes milliseconds. Relative, so a faster or a
+    # busier machine does not change the verdict.
+    remaining = results["archive_s"] - 0.3
+    assert remaining > 0.2, results  # else the archive read was too quick to show anything
+    assert folder_s < 0.5 * remaining, f"the folder read waited {folder_s:.2f} s for the archive"
     last = corpus.good["bomb.tar.gz"][-1]
     assert results["archive"] == (corpus.root / "images" / last).read_bytes()
     with pytest.raises(EntryError, match="bomb guard"):
