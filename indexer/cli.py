@@ -28,7 +28,11 @@ def index(
         str | None,
         typer.Option(
             "--index",
-            help=option_help("index_factory", "FAISS factory string: Flat, HNSW32, IVF1024,PQ64."),
+            help=option_help(
+                "index_factory",
+                "FAISS factory string (Flat, HNSW32, IVF1024,PQ64) or auto: chosen from the "
+                "archive's size (docs/architecture.md).",
+            ),
         ),
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help=option_help("batch_size"))] = None,

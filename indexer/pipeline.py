@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,6 +170,7 @@ def index_source(
                 )
             todo = [e for e in listing.entries if e.path not in known]
             summary.skipped_existing = len(listing.entries) - len(todo)
+            store.choose_factory(len(todo))  # `--index auto`: by the archive's size
             _embed_and_add(
                 store,
                 model,
@@ -226,6 +228,9 @@ def _embed_and_add(
         if progress:
             progress(0, 0)
         return
+    if store.needs_training():  # train on a random sample of the archive, not its first files
+        todo = random.Random(0).sample(todo, len(todo))
+        train_size = max(train_size, store.min_training_vectors())
     loader = DataLoader(
         _EntryDataset(reader, todo, model.transform, max_pixels),
         batch_size=batch_size,

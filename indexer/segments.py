@@ -26,9 +26,14 @@ def segment_filename(segment_id: int) -> str:
     return f"{SEGMENT_PREFIX}{segment_id:08d}.faiss"
 
 
+def vectors_filename(segment_file: str) -> str:
+    """The float32 vectors kept beside a segment of compressed codes, for exact re-ranking."""
+    return segment_file.removesuffix(".faiss") + ".vectors.npy"
+
+
 def index_files(index_dir: Path) -> list[Path]:
-    """Every segment file, legacy whole-index file or leftover temporary file in `index_dir`."""
-    found = [*index_dir.glob(f"{SEGMENT_PREFIX}*.faiss*"), *index_dir.glob(f"{LEGACY_PREFIX}*")]
+    """Every segment (and vectors) file, legacy whole-index file or leftover temporary file."""
+    found = [*index_dir.glob(f"{SEGMENT_PREFIX}*"), *index_dir.glob(f"{LEGACY_PREFIX}*")]
     return sorted(found)
 
 
@@ -51,6 +56,31 @@ def write_index_file(index: faiss.Index, final: Path) -> int:
     os.replace(tmp, final)
     fsync_dir(final.parent)
     return size
+
+
+def write_vectors_file(parts: list[np.ndarray], final: Path) -> int:
+    """Write the rows of `parts`, concatenated, as one .npy file, atomically and durably."""
+    tmp = final.with_name(final.name + ".tmp")
+    rows = sum(len(p) for p in parts)
+    dim = parts[0].shape[1] if parts else 0
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, dim))
+    start = 0
+    for part in parts:
+        out[start : start + len(part)] = part
+        start += len(part)
+    out.flush()
+    del out
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    size = tmp.stat().st_size
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    return size
+
+
+def read_vectors_file(path: Path) -> np.ndarray:
+    """A segment's float32 vectors, memory-mapped (read from disk only where a query needs)."""
+    return np.load(path, mmap_mode="r")
 
 
 def read_index_file(path: Path, mmap: bool = False) -> faiss.Index:
@@ -126,8 +156,30 @@ class LoadedSegment:
     index: faiss.Index
     ids: np.ndarray  # sorted external ids held by the file
     dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted tombstones
+    vectors: np.ndarray | None = None  # exact float32 rows in storage order (memory-mapped)
+    rerank: int = 10  # with `vectors`: candidates fetched per result, then ranked exactly
     _keep: list[object] = field(default_factory=list, repr=False)
     _alive: faiss.IDSelector | None = field(default=None, repr=False)
+    _rows: np.ndarray | None = field(default=None, repr=False)  # storage row of ids[i]
+
+    @classmethod
+    def of(
+        cls, seg_id: int, first: int, last: int, index: faiss.Index,
+        vectors: np.ndarray | None = None,
+    ) -> LoadedSegment:  # fmt: skip
+        """A segment over a loaded index (and its exact vectors, when it keeps them)."""
+        storage = index_ids(index)
+        order = np.argsort(storage, kind="stable")
+        seg = cls(seg_id, first, last, index, storage[order], vectors=vectors)
+        seg._rows = order
+        return seg
+
+    def exact_vector(self, image_id: int) -> np.ndarray | None:
+        """The float32 vector of an id from the kept vectors, if this segment keeps them."""
+        if self.vectors is None or self._rows is None:
+            return None
+        pos = int(np.searchsorted(self.ids, image_id))
+        return np.asarray(self.vectors[self._rows[pos]], dtype=np.float32)
 
     @property
     def live(self) -> int:
@@ -160,10 +212,30 @@ class LoadedSegment:
         if selector is not None:
             sel = selector if sel is None else faiss.IDSelectorAnd(selector, sel)
             keep.append(sel)
-        k = min(k, int(self.index.ntotal))
+        fetch = min(k * self.rerank if self.vectors is not None else k, int(self.index.ntotal))
         if sel is None:
-            return self.index.search(queries, k)
-        return self.index.search(queries, k, params=search_params(self.index, sel))
+            scores, ids = self.index.search(queries, fetch)
+        else:
+            scores, ids = self.index.search(queries, fetch, params=search_params(self.index, sel))
+        if self.vectors is None:
+            return scores, ids
+        return self._exact_top(queries, ids, k)
+
+    def _exact_top(
+        self, queries: np.ndarray, ids: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Re-rank candidate ids by their exact inner products with the queries; best k."""
+        assert self.vectors is not None and self._rows is not None
+        valid = ids >= 0
+        pos = np.searchsorted(self.ids, np.where(valid, ids, self.ids[0]))
+        rows = self._rows[np.minimum(pos, len(self._rows) - 1)]
+        unique_rows, inverse = np.unique(rows, return_inverse=True)
+        exact = np.asarray(self.vectors[unique_rows], dtype=np.float32)  # reads only these rows
+        scores = np.einsum("qcd,qd->qc", exact[inverse.reshape(rows.shape)], queries)
+        scores = np.where(valid, scores, -np.inf).astype(np.float32)
+        k = min(k, scores.shape[1])
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
 def merge_topk(

@@ -39,6 +39,7 @@ from indexer.db import (
     TombstoneRow,
     make_sessionmaker,
 )
+from indexer.factory import AUTO, auto_factory, lossy, min_training_vectors
 from indexer.segments import (
     LoadedSegment,
     index_files,
@@ -46,9 +47,12 @@ from indexer.segments import (
     merge_segments,
     merge_topk,
     read_index_file,
+    read_vectors_file,
     segment_filename,
     set_search_defaults,
+    vectors_filename,
     write_index_file,
+    write_vectors_file,
 )
 
 log = logging.getLogger(__name__)
@@ -148,6 +152,7 @@ class IndexStore:
         self.auto_compact = True
         self.mmap = False
         self.bytes_written = 0  # segment bytes this process wrote (indexing-cost benchmark)
+        self.bytes_merged = 0  # of which by compaction
         self._segment_rows: dict[int, IndexSegmentRow] = {}
         self._dead: dict[int, np.ndarray] = {}
         self._loaded: dict[int, LoadedSegment] = {}
@@ -195,7 +200,7 @@ class IndexStore:
                         f"this checkpoint is model {fingerprint}. Re-index with this model or "
                         "use the checkpoint that made the index."
                     )
-                if factory is not None and factory != current.factory:
+                if factory not in (None, AUTO, current.factory):
                     log.warning(
                         "index in %s is %s; ignoring requested factory %s",
                         index_dir,
@@ -249,6 +254,7 @@ class IndexStore:
     def _remove_stale_files(self) -> None:
         """Delete every index file that no live segment names (merged, orphaned, temporary)."""
         keep = {row.filename for row in self._segment_rows.values()}
+        keep |= {vectors_filename(name) for name in keep}
         for path in index_files(self.index_dir):
             if path.name not in keep:
                 path.unlink(missing_ok=True)
@@ -329,8 +335,9 @@ class IndexStore:
         set_search_defaults(index)
         if self.dim == 0:
             self.dim = int(index.d)
-        ids = np.sort(index_ids(index))
-        seg = LoadedSegment(row.id, row.first_version, row.last_version, index, ids)
+        vectors_path = self.index_dir / vectors_filename(row.filename)
+        vectors = read_vectors_file(vectors_path) if vectors_path.exists() else None
+        seg = LoadedSegment.of(row.id, row.first_version, row.last_version, index, vectors)
         if dead is not None:
             seg.set_dead(dead)
         return seg
@@ -368,6 +375,9 @@ class IndexStore:
         """The stored vector of a live id, or None (unknown, removed, or not reconstructible)."""
         for seg in self._ensure_loaded():
             if seg.holds(image_id):
+                exact = seg.exact_vector(image_id)
+                if exact is not None:
+                    return exact
                 try:
                     return np.asarray(seg.index.reconstruct(int(image_id)), dtype=np.float32)
                 except RuntimeError:
@@ -414,6 +424,19 @@ class IndexStore:
         self.dim = int(template.d)
         self._template = template
         return faiss.clone_index(template)
+
+    def choose_factory(self, expected: int) -> str:
+        """Resolve `auto` for a new index from the archive's expected size (indexer/factory.py)."""
+        if self.factory == AUTO:
+            self.factory = auto_factory(self.ntotal + expected, self.dim)
+            log.info("index for about %d vectors: %s", self.ntotal + expected, self.factory)
+        return self.factory
+
+    def min_training_vectors(self) -> int:
+        """How many vectors `train` needs (0 when trained or the factory needs no training)."""
+        if not self.needs_training():
+            return 0
+        return min_training_vectors(new_faiss_index(self.dim, self.factory))
 
     def needs_training(self) -> bool:
         if self._template is not None or self._segment_rows:
@@ -469,6 +492,11 @@ class IndexStore:
                     ntotal=len(ids),
                     created_version=next_version,
                 )
+                if lossy(self.factory):  # exact vectors beside the codes, for re-ranking
+                    self.bytes_written += write_vectors_file(
+                        [np.asarray(vectors, dtype=np.float32)],
+                        self.index_dir / vectors_filename(seg_row.filename),
+                    )
                 self.bytes_written += write_index_file(index, self.index_dir / seg_row.filename)
                 # 3. the commit point: the segment and the version in one transaction
                 with self.sessions.begin() as session:
@@ -481,10 +509,12 @@ class IndexStore:
             self._segment_rows = {**self._segment_rows, segment_id: seg_row}
             if self._loaded or not self._writable:
                 set_search_defaults(index)
-                seg = LoadedSegment(
-                    segment_id, next_version, next_version, index, np.sort(np.asarray(ids))
-                )
-                self._loaded = {**self._loaded, segment_id: seg}
+                self._loaded = {
+                    **self._loaded,
+                    segment_id: self._load_segment(seg_row, None)
+                    if lossy(self.factory)
+                    else LoadedSegment.of(segment_id, next_version, next_version, index),
+                }
             if self.auto_compact:
                 self.compact()
             return ids
@@ -573,8 +603,14 @@ class IndexStore:
             )
             for row in rows
         ]
+        kept_rows = [~np.isin(index_ids(index), dead) for index, dead in parts]
+        expected_ids = np.concatenate(
+            [index_ids(p[0])[k] for p, k in zip(parts, kept_rows, strict=True)]
+        )
         merged = merge_segments(template, parts)
         del parts
+        if not np.array_equal(index_ids(merged), expected_ids):
+            raise RuntimeError("merged segment holds other ids than its parts")
         seg_row = None
         if merged.ntotal > 0:  # a segment whose vectors were all removed just goes
             seg_row = IndexSegmentRow(
@@ -586,8 +622,20 @@ class IndexStore:
                 created_version=next_version,
             )
         try:
+            if seg_row is not None and lossy(self.factory):
+                size = write_vectors_file(
+                    [
+                        read_vectors_file(self.index_dir / vectors_filename(row.filename))[keep]
+                        for row, keep in zip(rows, kept_rows, strict=True)
+                    ],
+                    self.index_dir / vectors_filename(seg_row.filename),
+                )
+                self.bytes_written += size
+                self.bytes_merged += size
             if seg_row is not None:
-                self.bytes_written += write_index_file(merged, self.index_dir / seg_row.filename)
+                size = write_index_file(merged, self.index_dir / seg_row.filename)
+                self.bytes_written += size
+                self.bytes_merged += size
             with self.sessions.begin() as session:
                 if seg_row is not None:
                     session.add(seg_row)
@@ -609,11 +657,7 @@ class IndexStore:
             if seg_row is not None:
                 segment_rows[new_id] = seg_row
                 if self._loaded or not self._writable:
-                    set_search_defaults(merged)
-                    loaded[new_id] = LoadedSegment(
-                        new_id, seg_row.first_version, seg_row.last_version, merged,
-                        np.sort(index_ids(merged)),
-                    )  # fmt: skip
+                    loaded[new_id] = self._load_segment(seg_row, None)
             order = sorted(segment_rows.items(), key=lambda kv: kv[1].first_version)
             self._segment_rows = dict(order)
             self._loaded = loaded

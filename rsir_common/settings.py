@@ -156,7 +156,9 @@ class Settings(BaseSettings):
 
     # Indexing (rsir index; the service's index jobs)
     index_factory: str = Field(
-        default="Flat", description="FAISS factory string of a new index: Flat, HNSW32, ..."
+        default="auto",
+        description="FAISS factory string of a new index (Flat, HNSW32, ...) or auto: chosen "
+        "from the archive's size (indexer/factory.py).",
     )
     commit_every: int = Field(
         default=2048, description="Images per committed index version (resume granularity)."
