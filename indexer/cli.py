@@ -18,6 +18,13 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _absolute_lite_uri(uri: str | None) -> str | None:
+    """A Milvus Lite file as an absolute path (the DB records it); URLs unchanged."""
+    if uri is None or "://" in uri:
+        return uri
+    return str(Path(uri).resolve())
+
+
 @app.command()
 def index(
     src: Annotated[Path, typer.Argument(help="Folder, .zip, .tar, .tar.gz or GeoTIFF scene.")],
@@ -44,6 +51,21 @@ def index(
     bands: Annotated[str | None, typer.Option(help=option_help("bands"))] = None,
     max_nodata: Annotated[float | None, typer.Option(help=option_help("max_nodata"))] = None,
     whitening: Annotated[Path | None, typer.Option(help=option_help("whitening"))] = None,
+    vector_engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine",
+            help=option_help("vector_engine", "faiss (segments in --index-dir) or milvus."),
+        ),
+    ] = None,
+    milvus_uri: Annotated[
+        str | None,
+        typer.Option(
+            help=option_help(
+                "milvus_uri", "Milvus Lite file (path) or cluster URL (http://host:19530)."
+            )
+        ),
+    ] = None,
 ) -> None:
     """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume);
     with --whitening, whitened and reduced vectors (the index then whitens its queries)."""
@@ -67,6 +89,8 @@ def index(
         bands=bands,
         max_nodata=max_nodata,
         whitening=whitening,
+        vector_engine=vector_engine,
+        milvus_uri=_absolute_lite_uri(milvus_uri),
     )
     if settings.checkpoint is None:
         raise _fail("no checkpoint: pass --checkpoint or set RSIR_CHECKPOINT")
@@ -97,6 +121,9 @@ def index(
                 tiles=tiles,
                 progress=progress,
                 whitening=settings.whitening,
+                vector_engine=settings.vector_engine,
+                milvus_uri=settings.milvus_uri,
+                milvus_collection=settings.milvus_collection,
             )
     except (
         ModelMismatchError,
@@ -346,8 +373,8 @@ def remove(
     from sqlalchemy import select
 
     from indexer.db import ImageRow, make_engine, make_sessionmaker
+    from indexer.engines import open_index
     from indexer.sources import canonical_source
-    from indexer.store import IndexStore
 
     settings = get_settings(index_dir=index_dir, db_url=db_url)
     if not ids and source is None:
@@ -364,7 +391,7 @@ def remove(
                 )
             )
     try:
-        with IndexStore.open(settings.index_dir, engine, writable=True) as store:
+        with open_index(settings.index_dir, engine, writable=True) as store:
             removed = store.remove(wanted)
             typer.echo(f"removed {removed} images; index holds {store.ntotal}")
     except (FileNotFoundError, RuntimeError) as exc:

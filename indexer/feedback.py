@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from indexer.db import MAX_ROW_ID
-from indexer.store import IndexStore
+from indexer.engines import VectorIndex
 from model.rerank import rocchio
 
 # Ids a query may mark in all: each one is one stored vector read and one row in a form.
@@ -60,7 +60,7 @@ def _ids(text: str | None, name: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def stored_vectors(store: IndexStore, ids: tuple[int, ...]) -> np.ndarray:
+def stored_vectors(store: VectorIndex, ids: tuple[int, ...]) -> np.ndarray:
     """The stored descriptors of `ids`, (n, D); UnknownFeedbackIdError names the missing ones."""
     found = [store.reconstruct(i) for i in ids]
     missing = [i for i, v in zip(ids, found, strict=True) if v is None]
@@ -69,7 +69,7 @@ def stored_vectors(store: IndexStore, ids: tuple[int, ...]) -> np.ndarray:
     return np.stack([v for v in found if v is not None]) if ids else np.zeros((0, store.dim))
 
 
-def apply_feedback(store: IndexStore, query: np.ndarray, feedback: Feedback) -> np.ndarray:
+def apply_feedback(store: VectorIndex, query: np.ndarray, feedback: Feedback) -> np.ndarray:
     """The query moved by the feedback (Rocchio, default weights); unchanged without any."""
     if not feedback:
         return np.asarray(query, dtype=np.float32).reshape(-1)

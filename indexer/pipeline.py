@@ -25,9 +25,9 @@ from indexer.embedding import EmbeddingModel, load_embedding_model
 from indexer.index_model import MODEL_FILE as MODEL_FILE  # where it was
 from indexer.index_model import read_model_file as read_model_file
 from indexer.index_model import whitening_for_indexing, write_model_file
+from indexer.engines import VectorIndex, open_index
 from indexer.scenes import TileOptions, TileSkipped, describe_scene, open_scene
 from indexer.sources import Entry, SourceReader, canonical_source, list_entries, source_kind
-from indexer.store import IndexStore
 from model.imageio import decode_image, max_file_bytes
 from model.whitening import descriptor_fingerprint
 from rsir_common.settings import MAX_PIXELS, sqlite_url_for
@@ -130,6 +130,9 @@ def index_source(
     tiles: TileOptions | None = None,
     progress: ProgressFn | None = None,
     whitening: Path | None = None,
+    vector_engine: str | None = None,
+    milvus_uri: str | None = None,
+    milvus_collection: str = "rsir",
 ) -> IndexSummary:
     """Index every new image of `source`; safe to interrupt and re-run.
 
@@ -150,9 +153,11 @@ def index_source(
     fingerprint = descriptor_fingerprint(ckpt.fingerprint, whitener)
     summary = IndexSummary(source=canonical, fingerprint=fingerprint, dim=model.dim)
     try:
-        with IndexStore.open(
-            index_dir, engine, fingerprint, model.dim, factory, writable=True
-        ) as store:
+        with open_index(
+            index_dir, engine, fingerprint, model.dim, factory, writable=True,
+            vector_engine=vector_engine, milvus_uri=milvus_uri,
+            milvus_collection=milvus_collection,
+        ) as store:  # fmt: skip
             write_model_file(index_dir, checkpoint_path, ckpt.fingerprint, whitener, whitening)
             listing = list_entries(source_path, tiles)
             if source_kind(source_path) == "geotiff":
@@ -210,7 +215,7 @@ def record_scene(engine: Any, source: Path, canonical: str, tiles: TileOptions |
 
 
 def _embed_and_add(
-    store: IndexStore,
+    store: VectorIndex,
     model: EmbeddingModel,
     reader: SourceReader,
     todo: list[Entry],

@@ -14,9 +14,9 @@ from sqlalchemy import Engine, select
 from indexer.area import BBox, id_selector, ids_in_bbox
 from indexer.db import ImageRow, make_engine, make_sessionmaker
 from indexer.embedding import EmbeddingModel, load_embedding_model
+from indexer.engines import VectorIndex, open_index
 from indexer.feedback import Feedback, apply_feedback
 from indexer.index_model import read_model_file, recorded_whitening
-from indexer.store import IndexStore
 from model.checkpoint import Checkpoint
 from model.whitening import descriptor_fingerprint
 from rsir_common.settings import sqlite_url_for
@@ -90,7 +90,7 @@ def label_ids(engine: Engine, label: str, fingerprint: str) -> np.ndarray:
 
 
 def ranked_hits(
-    store: IndexStore,
+    store: VectorIndex,
     vector: np.ndarray,
     k: int,
     label: str | None = None,
@@ -121,7 +121,7 @@ def ranked_hits(
 class Searcher:
     """A loaded model + index + DB: the resources a query needs, loaded once."""
 
-    def __init__(self, model: EmbeddingModel, checkpoint: Checkpoint, store: IndexStore) -> None:
+    def __init__(self, model: EmbeddingModel, checkpoint: Checkpoint, store: VectorIndex) -> None:
         fingerprint = descriptor_fingerprint(checkpoint.fingerprint, model.whitening)
         if fingerprint != store.fingerprint:
             raise ValueError(
@@ -153,7 +153,7 @@ class Searcher:
         model, ckpt = load_embedding_model(checkpoint_path, device, runtime)
         model = model.with_whitening(recorded_whitening(index_dir, ckpt.fingerprint))
         fingerprint = descriptor_fingerprint(ckpt.fingerprint, model.whitening)
-        store = IndexStore.open(index_dir, make_engine(url), fingerprint=fingerprint)
+        store = open_index(index_dir, make_engine(url), fingerprint=fingerprint)
         return cls(model, ckpt, store)
 
     def search_vectors(
@@ -185,7 +185,7 @@ class Searcher:
 
 
 def area_search(
-    store: IndexStore, vector: np.ndarray, k: int, label: str | None, bbox: BBox
+    store: VectorIndex, vector: np.ndarray, k: int, label: str | None, bbox: BBox
 ) -> list[Hit]:
     """Top-k among the tiles intersecting `bbox` (and of class `label`) for one query vector."""
     ids = ids_in_bbox(store.engine, bbox, store.fingerprint, label)

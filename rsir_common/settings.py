@@ -44,6 +44,15 @@ class Settings(BaseSettings):
         default=None, description="torchvision ImageNet weights file; else the torch cache."
     )
 
+    # Vector engine (docs/architecture.md): FAISS segments in index_dir, or a Milvus collection
+    vector_engine: Literal["faiss", "milvus"] | None = Field(
+        default=None, description="None: the engine that made the index (faiss for a new one)."
+    )
+    milvus_uri: str | None = Field(
+        default=None, description="Milvus Lite file or cluster URL (http://host:19530)."
+    )
+    milvus_collection: str = "rsir"
+
     # Compute
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     batch_size: int = Field(default=32, ge=1)

@@ -22,10 +22,11 @@ from sqlalchemy import Engine
 from indexer.area import BBox
 from indexer.db import ImageRow, make_sessionmaker
 from indexer.embedding import EmbeddingModel, load_embedding_model
+from indexer.engines import VectorIndex, open_index
 from indexer.feedback import Feedback, UnknownFeedbackIdError, apply_feedback
 from indexer.index_model import read_model_file, whitening_for_serving
 from indexer.search import Hit, area_search, hits_for, ranked_hits
-from indexer.store import IndexStore, ModelMismatchError
+from indexer.store import ModelMismatchError
 from model.checkpoint import Checkpoint
 from model.device import best_device
 from model.imageio import decode_image
@@ -127,7 +128,7 @@ class InferenceCore:
         self.checkpoint: Checkpoint | None = None
         self.embedder_name: str | None = None
         self.checkpoint_path: Path | None = None
-        self.store: IndexStore | None = None
+        self.store: VectorIndex | None = None
         self.classifiers: dict[str, Classifier] = {}
         self.problems: list[str] = []
         self.search_batcher: Batcher[SearchItem, SearchOut] | None = None
@@ -212,11 +213,12 @@ class InferenceCore:
                 Path(self.settings.index_dir), self.checkpoint.fingerprint, self.settings.whitening
             )
             model = self._raw_model.with_whitening(whitening)
-            self.store = IndexStore.open(
+            self.store = open_index(
                 self.settings.index_dir,
                 self.engine,
                 fingerprint=descriptor_fingerprint(self.checkpoint.fingerprint, whitening),
                 dim=model.dim,
+                **self._engine_options(),
             )
             self.model = model
         except (ModelMismatchError, WhiteningMismatchError) as exc:
@@ -270,6 +272,15 @@ class InferenceCore:
         (e.g. the first index job made a whitened index after the service started)."""
         recorded = read_model_file(Path(self.settings.index_dir))
         return recorded is not None and recorded.get("fingerprint") != self.fingerprint
+
+    def _engine_options(self) -> dict[str, Any]:
+        """The vector engine settings (FAISS segments by default, or Milvus)."""
+        s = self.settings
+        return {
+            "vector_engine": s.vector_engine,
+            "milvus_uri": s.milvus_uri,
+            "milvus_collection": s.milvus_collection,
+        }
 
     def close(self) -> None:
         """Stop the batchers (finishing queued requests)."""
@@ -371,7 +382,7 @@ class InferenceCore:
         return self.checkpoint_path
 
     # ------------------------------------------------------------------ search
-    def _ready_search(self) -> tuple[EmbeddingModel, IndexStore, Batcher[Any, Any]]:
+    def _ready_search(self) -> tuple[EmbeddingModel, VectorIndex, Batcher[Any, Any]]:
         if self.model is None or self.search_batcher is None:
             raise NotReadyError("no embedder loaded: " + "; ".join(self.problems))
         if self.store is None:
@@ -433,7 +444,7 @@ class InferenceCore:
         return SearchResult(hits, store.fingerprint)
 
     @staticmethod
-    def _moved(store: IndexStore, vector: np.ndarray, feedback: Feedback) -> np.ndarray:
+    def _moved(store: VectorIndex, vector: np.ndarray, feedback: Feedback) -> np.ndarray:
         """The query moved by feedback; an unknown marked id is a 404 naming it."""
         try:
             return apply_feedback(store, vector, feedback)
@@ -457,11 +468,12 @@ class InferenceCore:
         for image_id in image_ids:
             self.image_row(image_id)
         try:
-            writer = IndexStore.open(
+            writer = open_index(
                 self.settings.index_dir,
                 self.engine,
                 fingerprint=self.fingerprint,
                 writable=True,
+                **self._engine_options(),
             )
         except ModelMismatchError as exc:
             raise ModelMismatchServiceError(self._public(str(exc))) from None

@@ -78,6 +78,9 @@ def make_handlers(settings: Settings, core: InferenceCore) -> dict[str, Handler]
             tiles=tile_options(params.get("tiles")),
             progress=ctx.report,
             whitening=settings.whitening,
+            vector_engine=settings.vector_engine,
+            milvus_uri=settings.milvus_uri,
+            milvus_collection=settings.milvus_collection,
         )
         core.refresh_index()
         return JobOutcome(summary.to_dict())

@@ -63,3 +63,13 @@ def test_dockerfiles_pin_the_torch_build() -> None:
     for name in ("Dockerfile.api", "Dockerfile.worker"):
         text = (REPO / "docker" / name).read_text()
         assert "torch==2.14.1" in text and "torchvision==0.29.1" in text, name
+
+
+def test_compose_milvus_profile_adds_a_milvus_server(compose: list[str]) -> None:
+    result = run_compose(compose, "--profile", "milvus", "config", "-q")
+    assert result.returncode == 0, result.stderr
+    services = run_compose(compose, "--profile", "milvus", "config", "--services").stdout.split()
+    assert {"milvus", "etcd", "minio", "api", "worker"} <= set(services)
+    rendered = run_compose(compose, "--profile", "milvus", "config").stdout
+    assert "RSIR_MILVUS_URI: http://milvus:19530" in rendered
+    assert "profiles:" in rendered  # only started with --profile milvus
