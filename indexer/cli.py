@@ -66,6 +66,10 @@ def index(
             )
         ),
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray", help="Decode and embed on this Ray cluster (HEAD:6379, or local)."),
+    ] = None,
 ) -> None:
     """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume);
     with --whitening, whitened and reduced vectors (the index then whitens its queries)."""
@@ -124,6 +128,7 @@ def index(
                 vector_engine=settings.vector_engine,
                 milvus_uri=settings.milvus_uri,
                 milvus_collection=settings.milvus_collection,
+                ray_address=ray_address,
             )
     except (
         ModelMismatchError,

@@ -8,9 +8,10 @@ any byte is read, which makes re-runs cheap and interrupted runs resumable.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from indexer.db import ImageRow, SceneRow, make_engine, make_sessionmaker, prepare_schema
 from indexer.embedding import EmbeddingModel, load_embedding_model
+from indexer.engines import VectorIndex, open_index
 from indexer.index_model import MODEL_FILE as MODEL_FILE  # where it was
 from indexer.index_model import read_model_file as read_model_file
 from indexer.index_model import whitening_for_indexing, write_model_file
-from indexer.engines import VectorIndex, open_index
 from indexer.scenes import TileOptions, TileSkipped, describe_scene, open_scene
 from indexer.sources import Entry, SourceReader, canonical_source, list_entries, source_kind
 from model.imageio import decode_image, max_file_bytes
-from model.whitening import descriptor_fingerprint
+from model.whitening import Whitening, descriptor_fingerprint
 from rsir_common.settings import MAX_PIXELS, sqlite_url_for
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,68 @@ def _collate(items: list[_Decoded]) -> list[_Decoded]:
     return items
 
 
+Batches = Iterator[tuple[list[_Decoded], np.ndarray | None]]
+
+
+def _local_batches(
+    reader: SourceReader, todo: list[Entry], model: EmbeddingModel, max_pixels: int,
+    batch_size: int, num_workers: int,
+) -> Batches:  # fmt: skip
+    """Decoded entries (DataLoader workers) and the descriptors of the good ones."""
+    loader = DataLoader(
+        _EntryDataset(reader, todo, model.transform, max_pixels),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+        pin_memory=model.pin_memory,
+        prefetch_factor=4 if num_workers else None,
+    )
+    for batch in loader:
+        good = [item.tensor for item in batch if item.tensor is not None]
+        yield batch, model.embed_tensors(torch.stack(good)) if good else None
+
+
+@dataclass
+class _RayJob:
+    """Decoding and embedding on a Ray cluster (indexer/distributed.py)."""
+
+    address: str
+    checkpoint: Path
+    source: Path
+    tiles: TileOptions | None
+    device: str
+    runtime: str = "auto"
+    whitening: Whitening | None = None  # applied here: the actors return raw descriptors
+
+    def batches(self, todo: list[Entry], max_pixels: int, batch_size: int) -> Batches:
+        from indexer.distributed import ray_batches
+
+        for results in ray_batches(
+            self.address, todo, checkpoint=self.checkpoint, source=self.source,
+            tiles=self.tiles, max_pixels=max_pixels, device=self.device, runtime=self.runtime,
+            batch_size=batch_size,
+        ):  # fmt: skip
+            items = [
+                _Decoded(
+                    entry,
+                    None,
+                    str(r["hash"]),
+                    int(r["width"]),
+                    int(r["height"]),
+                    str(r["error"]) or None,
+                    skipped=str(r["skipped"]) or None,
+                    geo=json.loads(str(r["geo"])),
+                )
+                for entry, r in results
+            ]
+            good = [r["vector"] for _, r in results if r["ok"]]
+            vectors = np.stack(good).astype(np.float32) if good else None
+            if vectors is not None and self.whitening is not None:
+                vectors = self.whitening.apply(vectors)
+            yield items, vectors
+
+
 def index_source(
     source: Path | str,
     *,
@@ -133,6 +196,7 @@ def index_source(
     vector_engine: str | None = None,
     milvus_uri: str | None = None,
     milvus_collection: str = "rsir",
+    ray_address: str | None = None,
 ) -> IndexSummary:
     """Index every new image of `source`; safe to interrupt and re-run.
 
@@ -189,6 +253,11 @@ def index_source(
                 train_size=train_size,
                 max_pixels=max_pixels,
                 progress=progress,
+                ray=_RayJob(
+                    ray_address, checkpoint_path, source_path, tiles, device, runtime, whitener
+                )
+                if ray_address
+                else None,
             )
             summary.index_total = store.ntotal
             summary.index_version = store.version
@@ -228,6 +297,7 @@ def _embed_and_add(
     train_size: int,
     max_pixels: int,
     progress: ProgressFn | None,
+    ray: _RayJob | None = None,
 ) -> None:
     if not todo:
         if progress:
@@ -236,14 +306,10 @@ def _embed_and_add(
     if store.needs_training():  # train on a random sample of the archive, not its first files
         todo = random.Random(0).sample(todo, len(todo))
         train_size = max(train_size, store.min_training_vectors())
-    loader = DataLoader(
-        _EntryDataset(reader, todo, model.transform, max_pixels),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        persistent_workers=False,
-        pin_memory=model.pin_memory,
-        prefetch_factor=4 if num_workers else None,
+    stream = (
+        _local_batches(reader, todo, model, max_pixels, batch_size, num_workers)
+        if ray is None
+        else ray.batches(todo, max_pixels, batch_size)
     )
     pending_rows: list[ImageRow] = []
     pending_vectors: list[np.ndarray] = []
@@ -261,8 +327,8 @@ def _embed_and_add(
         pending_rows.clear()
         pending_vectors.clear()
 
-    for batch in loader:
-        good = [item for item in batch if item.tensor is not None]
+    for batch, vectors in stream:
+        good = [item for item in batch if item.error is None and item.skipped is None]
         for item in batch:
             if item.skipped == "nodata":
                 summary.skipped_nodata += 1
@@ -273,8 +339,7 @@ def _embed_and_add(
                 if len(summary.failed) < 100:
                     summary.failed.append((item.entry.path, item.error))
                 log.warning("skipped %s: %s", item.entry.path, item.error)
-        if good:
-            vectors = model.embed_tensors(torch.stack([item.tensor for item in good]))
+        if good and vectors is not None:
             pending_vectors.append(vectors)
             pending_rows.extend(
                 ImageRow(
