@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -63,6 +64,13 @@ def test_dockerfiles_pin_the_torch_build() -> None:
     for name in ("Dockerfile.api", "Dockerfile.worker"):
         text = (REPO / "docker" / name).read_text()
         assert "torch==2.14.1" in text and "torchvision==0.29.1" in text, name
+
+
+def test_images_can_talk_to_milvus() -> None:
+    """RSIR_VECTOR_ENGINE=milvus (the compose profile) needs pymilvus inside both images."""
+    for name in ("Dockerfile.api", "Dockerfile.worker"):
+        text = (REPO / "docker" / name).read_text()
+        assert re.search(r'pip install -e "\.\[[a-z,]*milvus[a-z,]*\]"', text), name
 
 
 def test_compose_milvus_profile_adds_a_milvus_server(compose: list[str]) -> None:
