@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,16 @@ from tests.indexer.test_crash_resume import committed_versions
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_milvus_lite_servers() -> Iterator[None]:
+    """Stop the embedded servers while pytest still captures output: milvus-lite's own atexit
+    hook logs into streams pytest has closed by then ("Logging error" noise after the run)."""
+    yield
+    from milvus_lite import server_manager_instance
+
+    server_manager_instance.release_all()
 
 
 def db_and_milvus_ids(index_dir: Path) -> tuple[list[int], list[int]]:
