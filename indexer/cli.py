@@ -68,7 +68,12 @@ def index(
     ] = None,
     ray_address: Annotated[
         str | None,
-        typer.Option("--ray", help="Decode and embed on this Ray cluster (HEAD:6379, or local)."),
+        typer.Option(
+            "--ray",
+            help=option_help(
+                "ray_address", "Decode and embed on this Ray cluster (HEAD:6379, or local)."
+            ),
+        ),
     ] = None,
 ) -> None:
     """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume);
@@ -95,6 +100,7 @@ def index(
         whitening=whitening,
         vector_engine=vector_engine,
         milvus_uri=_absolute_lite_uri(milvus_uri),
+        ray_address=ray_address,
     )
     if settings.checkpoint is None:
         raise _fail("no checkpoint: pass --checkpoint or set RSIR_CHECKPOINT")
@@ -128,7 +134,7 @@ def index(
                 vector_engine=settings.vector_engine,
                 milvus_uri=settings.milvus_uri,
                 milvus_collection=settings.milvus_collection,
-                ray_address=ray_address,
+                ray_address=settings.ray_address,
             )
     except (
         ModelMismatchError,

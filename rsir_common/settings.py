@@ -52,6 +52,10 @@ class Settings(BaseSettings):
         default=None, description="Milvus Lite file or cluster URL (http://host:19530)."
     )
     milvus_collection: str = "rsir"
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster (HEAD:6379, or local) that decodes and embeds for rsir index.",
+    )
 
     # Compute
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
