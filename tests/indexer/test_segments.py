@@ -311,7 +311,7 @@ def test_auto_factory_follows_the_archive_size() -> None:
 
     assert auto_factory(100_000, 2048) == "Flat"  # 0.8 GB of float32
     assert auto_factory(1_000_000, 2048) == "IVF4096,SQ8"  # 2 GB of codes
-    assert auto_factory(10_000_000, 2048) == "IVF8192,PQ64"  # 640 MB of codes
+    assert auto_factory(10_000_000, 2048) == "IVF8192,PQ64np"  # 640 MB of codes
     assert auto_factory(10_000_000, 128) == "IVF8192,SQ8"
     assert nlist_for(1_000) == 256 and nlist_for(250_000) == 2048
     assert lossy("IVF4096,SQ8") and lossy("IVF8192,PQ64") and not lossy("IVF1024,Flat")
