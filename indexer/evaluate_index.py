@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from indexer.engines import VectorIndex
 from indexer.evaluate import (
     PROTOCOLS,
     ProgressFn,
@@ -35,7 +36,6 @@ from indexer.evaluate import (
 from indexer.index_model import read_model_file
 from indexer.plots import plot_pr_curves
 from indexer.search import Searcher
-from indexer.store import IndexStore
 from model.datasets import LabeledImages, save_split, stratified_split
 from model.imageio import ImageDecodeError
 from model.metrics import RetrievalMetrics, evaluate_rankings
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 RANKING_CELLS = 20_000_000  # queries x gallery ids held at once while ranking
 
 
-def gallery_rows(store: IndexStore) -> tuple[np.ndarray, list[str | None], list[str]]:
+def gallery_rows(store: VectorIndex) -> tuple[np.ndarray, list[str | None], list[str]]:
     """Ids (sorted), labels and content hashes of the index's live images."""
     from indexer.db import ImageRow, make_sessionmaker
 
@@ -63,7 +63,7 @@ def gallery_rows(store: IndexStore) -> tuple[np.ndarray, list[str | None], list[
 
 
 def index_rankings(
-    store: IndexStore, queries: np.ndarray, gallery_ids: np.ndarray, own: np.ndarray
+    store: VectorIndex, queries: np.ndarray, gallery_ids: np.ndarray, own: np.ndarray
 ) -> np.ndarray:
     """Q x (G or G-1) positions into `gallery_ids`, best first, from the index's own search;
     `own[i]` (an id, or -1) is left out of query i's ranking; ids the search did not return
