@@ -17,8 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from indexer.db import utcnow
-from service.models import JobRow, JobStatus
+from indexer.db import JobRow, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from indexer.db import JobStatus
 from model.datasets import DATASET_KINDS
-from service.models import JobStatus
 
 DatasetKind = Literal["ucm", "nwpu", "satrem", "folder"]
 assert set(DATASET_KINDS) == {"ucm", "nwpu", "satrem", "folder"}  # keep the Literal in step

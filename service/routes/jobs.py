@@ -13,12 +13,12 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response, status
 
+from indexer.db import JobRow, JobStatus
 from indexer.scenes import SceneError
 from model.datasets import DatasetNotFoundError, resolve_layout_root
 from service.deps import ApiKeyDep, BackendDep, JobsDep, RowId, SettingsDep, StateDep
 from service.errors import NotFoundError, NotReadyError, ServiceError, UnknownModelError
 from service.job_handlers import tile_options
-from service.models import JobRow, JobStatus
 from service.schemas import (
     EvaluationList,
     EvaluationOut,

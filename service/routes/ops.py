@@ -9,9 +9,9 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from indexer.db import JobStatus
 from service.deps import StateDep
 from service.errors import ServiceError
-from service.models import JobStatus
 from service.runtime import current_db_problem
 
 router = APIRouter(tags=["operations"])

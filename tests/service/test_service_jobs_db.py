@@ -12,10 +12,9 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from indexer.db import make_engine, utcnow
+from indexer.db import JobRow, make_engine, utcnow
 from service.cli import app as service_cli
 from service.jobs import JobLostError, JobStore
-from service.models import JobRow
 from service.runner import JobContext, JobOutcome, JobRunner
 
 

@@ -1,13 +1,14 @@
-"""The metadata DB (SQLAlchemy 2): one row per indexed image, and which index version holds it.
+"""Every table of the metadata DB (SQLAlchemy 2): images and scenes, index versions, segments
+and tombstones, and the service's jobs.
 
-The schema is made only by Alembic migrations in `migrations/` (never `create_all`), so that
-SQLite and PostgreSQL deployments evolve the same way.
+The schema is made only by the Alembic migrations in `indexer/db/migrations/` (never
+`create_all`), so that SQLite and PostgreSQL deployments evolve the same way.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -15,21 +16,17 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
-    Engine,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
-    create_engine,
-    event,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 from sqlalchemy.types import TypeDecorator
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 # The largest id an INTEGER primary key holds on every supported DB (PostgreSQL's is 32-bit).
 MAX_ROW_ID = 2**31 - 1
@@ -65,7 +62,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    """Declarative base shared by the indexer's and the service's tables."""
+    """Declarative base of every table below: one metadata, one Alembic history."""
 
 
 class ImageRow(Base):
@@ -177,79 +174,38 @@ class TombstoneRow(Base):
     version: Mapped[int] = mapped_column(Integer, index=True)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL and a busy timeout so API and indexer can share it."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+class JobStatus(StrEnum):
+    """Where a job is: queued -> running -> done | failed (stored as its value)."""
 
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker:
-    """Sessions that keep loaded objects usable after commit."""
-    return sessionmaker(engine, expire_on_commit=False)
+class JobRow(Base):
+    """One background job. A worker owns a running job only while its lease is unexpired.
 
+    status: queued -> running -> done | failed; a running job whose lease expired goes back to
+    queued (attempts left) or to failed with the reason, so no job stays running forever.
+    """
 
-def upgrade_db(url: str, revision: str = "head") -> None:
-    """Run Alembic migrations up to `revision` (creates the schema on an empty DB)."""
-    from alembic import command
-    from alembic.config import Config
+    __tablename__ = "jobs"
 
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, revision)
-
-
-class SchemaOutOfDateError(RuntimeError):
-    """A server DB (PostgreSQL) whose schema is not at the code's migration head."""
-
-
-def is_embedded(url: str) -> bool:
-    """The embedded default (SQLite) is migrated automatically; server DBs by `rsir db upgrade`."""
-    return url.startswith("sqlite")
-
-
-def schema_problem(engine: Engine) -> str | None:
-    """None when the DB is at the newest migration, else what to run."""
-    from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    heads = set(ScriptDirectory.from_config(config).get_heads())
-    with engine.connect() as connection:
-        current = set(MigrationContext.configure(connection).get_current_heads())
-    if current != heads:
-        return (
-            f"metadata DB schema is at {sorted(current) or 'nothing'}, code needs {sorted(heads)}:"
-            " run `rsir db upgrade`"
-        )
-    return None
-
-
-def prepare_schema(url: str) -> None:
-    """The one migration policy: SQLite (embedded default) is upgraded here; a server DB is
-    only checked, since its migrations run in one place (`rsir db upgrade`, the API image's
-    entry point) and never concurrently from every indexing run."""
-    if is_embedded(url):
-        upgrade_db(url)
-        return
-    engine = make_engine(url)
-    try:
-        problem = schema_problem(engine)
-    finally:
-        engine.dispose()
-    if problem:
-        raise SchemaOutOfDateError(problem)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=JobStatus.QUEUED.value)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=2)
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Plots live in the DB, not on a disk the API may not share with the worker.
+    artifact_png: Mapped[bytes | None] = deferred(mapped_column(LargeBinary, nullable=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

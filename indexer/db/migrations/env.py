@@ -1,17 +1,16 @@
-"""Alembic environment: the URL comes from the caller's config or RSIR settings, never a file."""
+"""Alembic environment: the URL comes from the caller's config or RSIR settings, never a file.
+
+Loaded by Alembic from the installed package (indexer.db.migrate.MIGRATIONS_DIR); every table
+is in indexer.db.tables, so its metadata is complete without importing anything else.
+"""
 
 from __future__ import annotations
 
-import contextlib
-
 from alembic import context
 
-from indexer.db import Base, make_engine
+from indexer.db.engine import make_engine
+from indexer.db.tables import Base
 from rsir_common.settings import Settings
-
-# Import every module that defines tables so that their metadata is complete.
-with contextlib.suppress(ImportError):
-    import service.models  # noqa: F401
 
 target_metadata = Base.metadata
 

@@ -1,0 +1,1 @@
+"""Alembic's script directory (env.py, versions/), a package so that the wheel ships it."""
