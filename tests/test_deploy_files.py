@@ -70,7 +70,18 @@ def test_images_can_talk_to_milvus() -> None:
     """RSIR_VECTOR_ENGINE=milvus (the compose profile) needs pymilvus inside both images."""
     for name in ("Dockerfile.api", "Dockerfile.worker"):
         text = (REPO / "docker" / name).read_text()
-        assert re.search(r'pip install -e "\.\[[a-z,]*milvus[a-z,]*\]"', text), name
+        assert re.search(r'pip install "\.\[[a-z,]*milvus[a-z,]*\]"', text), name
+
+
+def test_images_install_the_project_plainly() -> None:
+    """A plain `pip install .` (the wheel carries the migrations and web files, tests/
+    test_install.py), never editable, and no folder copied in beside it for `rsir db upgrade`."""
+    for name in ("Dockerfile.api", "Dockerfile.worker"):
+        text = (REPO / "docker" / name).read_text()
+        installs = re.findall(r"pip install [^\n]*\.\[", text)
+        assert installs and all(" -e " not in i and "--editable" not in i for i in installs), name
+        assert not re.search(r"^COPY\s.*migrations", text, re.MULTILINE), name
+        assert "rm -rf /src" in text, name  # only the installed copy stays in the image
 
 
 def test_compose_milvus_profile_adds_a_milvus_server(compose: list[str]) -> None:
