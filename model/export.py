@@ -5,7 +5,8 @@ path and fast in these runtimes. What is exported is what torch serves: for an e
 trunk, dual attention, pooling and L2 normalisation (unit descriptors out); for a classifier its
 deployed network and the softmax (class probabilities out). Batch size is free, image size is
 the checkpoint's. int8 is post-training static quantization (ONNX Runtime's QDQ format, per
-channel, calibrated on real images); OpenVINO runs the same QDQ graph as int8.
+channel, calibrated on real images other than the parity ones); OpenVINO runs the same QDQ graph
+as int8 (`quantize_int8` says which tensors are quantized and why).
 
 Every export is checked against torch on real images before it is recorded; the record (JSON
 beside the model) holds the checkpoint fingerprint it is bound to, the parity figures, the
@@ -14,6 +15,7 @@ speed of both in the same run and the file's SHA-256 (model/runtimes.py states t
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -82,13 +84,23 @@ def torch_network(ckpt: Checkpoint, path: Path) -> nn.Module:
     return _Probabilities(net).eval()
 
 
-def image_files(folder: Path, count: int, offset: float = 0.0) -> list[Path]:
+def image_files(
+    folder: Path, count: int, offset: float = 0.0, exclude: Sequence[Path] = ()
+) -> list[Path]:
     """`count` images spread evenly over the sorted files below `folder` (so every class folder
-    contributes); `offset` in [0, 1) shifts the picks, so parity images differ from the
-    calibration ones."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and _is_image(p))
+    contributes), leaving out `exclude`; `offset` in [0, 1) shifts the picks. Calibration
+    images are picked with the parity images excluded: an offset alone does not keep them apart
+    (300 picks at offset 0 and 64 at offset 0.5 over 2,100 files share images)."""
+    left_out = {Path(p).resolve() for p in exclude}
+    files = sorted(
+        p
+        for p in Path(folder).rglob("*")
+        if p.is_file() and _is_image(p) and p.resolve() not in left_out
+    )
     if not files:
-        raise ExportError(f"no images below {folder}")
+        raise ExportError(
+            f"no images below {folder}" + (" besides the parity images" if left_out else "")
+        )
     if len(files) <= count:
         return files
     step = len(files) / count
@@ -140,27 +152,83 @@ class _Calibration:
         return next(self._batches, None)
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, calibration: torch.Tensor) -> None:
-    """Static int8 (QDQ, per-channel weights, min-max activations) calibrated on real images."""
+# Quantized: convolutions and the activation after each, except those at the stem's resolution.
+# Why, measured on the default embedder (ImageNet EfficientNet-Lite0 + attention + GeM, 224 px;
+# mean cosine to torch on 32 UCM images, calibrated on 64 others; bench/results/
+# embedding_runtimes.md, "int8 parity"):
+# - A convolution's output quantized on its own gets a scale for its whole pre-activation range
+#   (tens, both signs), of which the ReLU6 after it keeps [0, 6]: most of the 256 levels are
+#   wasted. With Clip/Relu quantized too, ONNX Runtime folds the activation into the output's
+#   QDQ, whose range is then the activation's: 0.889 -> 0.990.
+# - Most of what is left comes from the first layers (excluding stage 0: 0.995; stage 1, 2, 3:
+#   0.992 each). Keeping the convolutions at the stem's resolution (the first convolution's
+#   output size: Lite0's stem, first block and next expansion at 112 x 112; ResNet's 7 x 7 stem)
+#   in float gives 0.994 (min 0.984), and was not slower: an int8 convolution over 3 input
+#   channels gains nothing. The attention convolutions and GeM make no difference (< 1e-5).
+# Percentile or entropy ranges, symmetric or reduce-range activations and NNCF's own
+# post-training quantization did not do better (same file).
+INT8_OP_TYPES = ["Conv", "Clip", "Relu"]
+
+
+def stem_resolution_convs(model: Any) -> list[str]:
+    """Names of the Conv nodes of an ONNX model (shapes inferred) whose output has the spatial
+    size of the first convolution's output; just the first when shapes are unknown."""
+    sizes = {}
+    for info in model.graph.value_info:
+        dims = [d.dim_value for d in info.type.tensor_type.shape.dim]
+        if len(dims) == 4 and dims[2] > 0 and dims[3] > 0:
+            sizes[info.name] = dims[2] * dims[3]
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    if not convs:
+        return []
+    stem = sizes.get(convs[0].output[0])
+    if stem is None:
+        return [convs[0].name]
+    return [n.name for n in convs if sizes.get(n.output[0]) == stem]
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: torch.Tensor) -> list[str]:
+    """Static int8 calibrated on real images: QDQ, per-channel symmetric int8 weights,
+    asymmetric int8 activations from min-max ranges, on `INT8_OP_TYPES` except the
+    convolutions at the stem's resolution; attention, GeM and the normalisation stay in float.
+    Returns the names of the convolutions kept in float."""
+    onnx = importlib.import_module("onnx")
     quantization = importlib.import_module("onnxruntime.quantization")
     shape_inference = importlib.import_module("onnxruntime.quantization.shape_inference")
     prepared = int8_path.with_name(int8_path.stem + ".prep.onnx")
     shape_inference.quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     try:
-        quantization.quantize_static(
-            str(prepared),
-            str(int8_path),
-            _Calibration(calibration, "images"),
-            quant_format=quantization.QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=quantization.QuantType.QInt8,
-            weight_type=quantization.QuantType.QInt8,
-            op_types_to_quantize=["Conv"],
-            calibrate_method=quantization.CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
+        kept_float = stem_resolution_convs(onnx.load(str(prepared), load_external_data=False))
+        with _quiet_root_logger():  # one INFO line per adjusted weight scale otherwise
+            quantization.quantize_static(
+                str(prepared),
+                str(int8_path),
+                _Calibration(calibration, "images"),
+                quant_format=quantization.QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=quantization.QuantType.QInt8,
+                weight_type=quantization.QuantType.QInt8,
+                op_types_to_quantize=INT8_OP_TYPES,
+                nodes_to_exclude=kept_float,
+                calibrate_method=quantization.CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
     finally:
         prepared.unlink(missing_ok=True)
+    return kept_float
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs through the root logger at INFO (a line for every channel
+    whose weight scale it widens to fit an int32 bias); keep that out of rsir's log."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def to_openvino(onnx_path: Path, xml_path: Path) -> None:
@@ -217,6 +285,7 @@ def export_checkpoint(
     name = f"{runtime}-{precision}"
     model_name = f"{name}.xml" if runtime == "openvino" else f"{name}.onnx"
     calibration: dict[str, Any] = {}
+    parity_paths = image_files(parity_dir, parity_count, offset=0.5)
 
     with tempfile.TemporaryDirectory(prefix="rsir-export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
@@ -225,12 +294,17 @@ def export_checkpoint(
         source = fp32
         if int8:
             assert calibration_dir is not None
-            calib_paths = image_files(calibration_dir, calibration_count)
+            calib_paths = image_files(calibration_dir, calibration_count, exclude=parity_paths)
             calib = load_batch(ckpt, calib_paths)
-            calibration = {"images": len(calib), "folder": str(calibration_dir)}
+            calibration = {
+                "images": len(calib),
+                "folder": str(calibration_dir),
+                "quantized_ops": INT8_OP_TYPES,
+                "ranges": "min-max",
+            }
             source = Path(tmp) / "int8.onnx"
             log.info("calibrating int8 on %d images", len(calib))
-            quantize_int8(fp32, source, calib)
+            calibration["float_convs"] = quantize_int8(fp32, source, calib)
         target = folder / model_name
         if runtime == "openvino":
             to_openvino(source, target)
@@ -254,7 +328,6 @@ def export_checkpoint(
     threads = available_cores()
     runner = open_runner(record, folder, threads)
 
-    parity_paths = image_files(parity_dir, parity_count, offset=0.5)
     images = load_batch(ckpt, parity_paths)
     with torch.inference_mode():
         reference = net(images).numpy()

@@ -120,15 +120,20 @@ class OnnxRunner:
 
 
 class OpenVinoRunner:
-    """An OpenVINO CPU model compiled for latency; fp32 models keep fp32 arithmetic (OpenVINO
-    would otherwise pick bf16 on CPUs that have it, which is not the checked model)."""
+    """An OpenVINO CPU model compiled for latency. What is not int8 runs in f32, for int8 models
+    too: OpenVINO would otherwise pick bf16 on CPUs that have it, which is not the checked model,
+    and OpenVINO 2026.4.1 could not compile the default embedder's int8 QDQ graph in bf16 at all
+    on a Xeon with AMX ("No suitable implementations"); in f32 it does."""
 
     def __init__(self, path: Path, threads: int, precision: str) -> None:
         ov = importlib.import_module("openvino")
         core = ov.Core()
-        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-        if precision == "fp32":
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+        config: dict[str, Any] = {
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
+        self.precision = precision
         self.compiled = core.compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: one batch at a time
