@@ -181,8 +181,10 @@ def main() -> None:
         f"{rows[0]['gallery']}-image gallery), not all 2,100: embedding all of them with six "
         "runtimes and two models does not fit this shared 2-core machine. mAP on so few "
         "queries is coarse; what it shows is whether a runtime changes the ranking. "
-        f"int8: ONNX Runtime static QDQ, per-channel Conv weights, min-max calibration on "
-        f"{rows[0]['calibration_images']} other UCM images; OpenVINO runs the same QDQ graph.",
+        f"int8: ONNX Runtime static QDQ (model/export.py quantize_int8: convolutions with their "
+        f"ReLU6/ReLU, those at the stem's resolution in float; per-channel weights, min-max "
+        f"ranges) calibrated on {rows[0]['calibration_images']} other UCM images; OpenVINO runs "
+        "the same QDQ graph.",
         "",
         "| model | runtime | img/s b32 | x eager b32 | img/s b1 | x eager b1 | mean cos | "
         "min cos | mAP | mAP - torch |",
