@@ -29,10 +29,11 @@ export RSIR_DEVICE=cuda RSIR_BENCH_RESULTS="$out"
 } > "$out/device.txt"
 
 echo "== embedding throughput (224 px, batch 64)"
+# On a GPU torch runs the model (exports are CPU runtimes), so no export is made or compared.
 "$py" bench/embedding_throughput.py --backbone efficientnet_lite0 --image-size 224 \
-  --batch-size 64 --workers 4 8
+  --batch-size 64 --workers 4 8 --runtimes torch --exports
 echo "== HTTP load"
-"$py" bench/http_load.py --out "$out"
+"$py" bench/http_load.py --out "$out" --runtimes torch
 echo "== short training (UCM, 20 images a class, 2 epochs)"
 started=$(date +%s)
 "$py" -m rsir train --dataset ucm --per-class 20 --max-epochs 2 --batch-size 16 \
