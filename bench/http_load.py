@@ -12,9 +12,13 @@ same run it times the bare work of one query in this process (decode + embed + F
 no HTTP) and reports end-to-end p50 / bare p50. Every request must be answered with k hits: the
 script exits non-zero otherwise (after writing the report, with the failures in it).
 
-The embedder is small on purpose (ResNet-18 + dual attention + GeM at 96 px, seeded random
-initialisation unless --checkpoint names a trained one): the figures are about serving, not
-retrieval quality, and the run must fit in about ten minutes on two CPU cores.
+The model: `--model default` (the default) is what a new install serves, the pretrained default
+embedder (`model.backbones.default_backbone()`, ImageNet weights, dual attention + GeM at its
+native size), exported by `rsir export`'s functions to ONNX Runtime and OpenVINO (fp32, parity
+checked); `--model r18-random` is the small seeded ResNet-18 at 96 px of earlier runs;
+`--checkpoint` names a trained one. `--runtimes torch auto` runs one server per runtime and
+batch size side by side (RSIR_RUNTIME), so the default runtime is measured beside torch in the
+same run.
 
 Usage::
 
@@ -75,6 +79,8 @@ class ConfigResult:
     """All levels of one worker configuration."""
 
     name: str
+    runtime: str  # RSIR_RUNTIME of the server
+    resolved_runtime: str  # what it ran: 'torch', 'openvino-fp32', ...
     batch_max_size: int
     batch_max_wait_ms: float
     startup_s: float
@@ -121,6 +127,35 @@ def make_random_checkpoint(path: Path, image_size: int, classes: list[str]) -> P
     return path
 
 
+def make_default_checkpoint(path: Path, classes: list[str], data: Path) -> Path:
+    """The pretrained default embedder as a new install has it, with its ONNX Runtime and
+    OpenVINO exports (fp32, parity-checked on real images) beside it, as `rsir export` makes."""
+    from model.backbones import default_backbone
+    from model.checkpoint import embedder_checkpoint, save_checkpoint
+    from model.embedder import EmbedderConfig, build_embedder
+    from model.export import export_checkpoint
+    from model.runtimes import EXPORT_RUNTIMES
+    from model.transforms import Preprocessing
+
+    backbone = default_backbone()
+    net, init = build_embedder(EmbedderConfig(backbone=backbone), pretrained=True)
+    ckpt = embedder_checkpoint(
+        net.eval(), Preprocessing.for_backbone(backbone), classes, init, "ucm"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(ckpt, path)
+    for runtime in EXPORT_RUNTIMES:
+        export_checkpoint(path, runtime, parity_dir=data)
+    return path
+
+
+def resolved_runtime(checkpoint: Path, runtime: str) -> str:
+    """What RSIR_RUNTIME=`runtime` runs for this checkpoint ('torch', 'openvino-fp32', ...)."""
+    from indexer.embedding import load_embedding_model
+
+    return load_embedding_model(checkpoint, "cpu", runtime)[0].runtime
+
+
 def build_index(source: Path, checkpoint: Path, index_dir: Path) -> dict[str, Any]:
     """Index every UCM image (a re-run finds them indexed and adds nothing)."""
     from indexer.pipeline import index_source
@@ -147,7 +182,12 @@ def query_payloads(source: Path, count: int) -> list[tuple[str, bytes]]:
 
 
 def bare_query_times(
-    index_dir: Path, checkpoint: Path, payloads: list[tuple[str, bytes]], k: int, repeats: int
+    index_dir: Path,
+    checkpoint: Path,
+    payloads: list[tuple[str, bytes]],
+    k: int,
+    repeats: int,
+    runtime: str = "torch",
 ) -> list[float]:
     """Seconds of decode + embed + FAISS + DB rows for one image, no HTTP, in this process.
 
@@ -158,7 +198,7 @@ def bare_query_times(
     from indexer.search import Searcher
     from model.imageio import decode_image
 
-    searcher = Searcher.open(index_dir, checkpoint_path=checkpoint, device="cpu")
+    searcher = Searcher.open(index_dir, checkpoint_path=checkpoint, device="cpu", runtime=runtime)
     times: list[float] = []
     errors: list[BaseException] = []
 
@@ -350,10 +390,65 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def level(config: dict[str, Any], concurrency: int) -> dict[str, Any] | None:
+    """The level of `config` measured with `concurrency` clients, if it was."""
+    return next((lv for lv in config["levels"] if lv["concurrency"] == concurrency), None)
+
+
+def ratio_lines(report: dict[str, Any]) -> list[str]:
+    """Each runtime against torch at the same batch size: single-client p50 and the throughput
+    at the highest concurrency (issue 9's HTTP figures), and batched against batch 1."""
+    configs = report["configs"]
+    top = max(lv["concurrency"] for lv in configs[0]["levels"])
+    lines: list[str] = []
+    torch_by_bs = {c["batch_max_size"]: c for c in configs if c["runtime"] == "torch"}
+    for config in configs:
+        base = torch_by_bs.get(config["batch_max_size"])
+        if base is None or base is config:
+            continue
+        one, one_base = level(config, 1), level(base, 1)
+        many, many_base = level(config, top), level(base, top)
+        parts = []
+        if one and one_base and one["latency_ms"] and one_base["latency_ms"]:
+            parts.append(
+                f"p50 at 1 client {one['latency_ms']['p50']} ms against torch's "
+                f"{one_base['latency_ms']['p50']} ms "
+                f"({one_base['latency_ms']['p50'] / one['latency_ms']['p50']:.2f}x lower)"
+            )
+        if many and many_base and many_base["throughput_rps"]:
+            parts.append(
+                f"throughput at {top} clients {many['throughput_rps']} req/s against "
+                f"{many_base['throughput_rps']} "
+                f"({many['throughput_rps'] / many_base['throughput_rps']:.2f}x)"
+            )
+        lines.append(f"- {config['name']} vs {base['name']}: " + "; ".join(parts) + ".")
+    for config in configs:
+        if config["batch_max_size"] <= 1:
+            continue
+        single = next(
+            (c for c in configs if c["runtime"] == config["runtime"] and c["batch_max_size"] == 1),
+            None,
+        )
+        if single is None:
+            continue
+        for lv_b, lv_1 in zip(config["levels"], single["levels"], strict=True):
+            if lv_1["throughput_rps"]:
+                lines.append(
+                    f"- {config['name']} over batch 1, {lv_b['concurrency']} clients: "
+                    f"{lv_b['throughput_rps'] / lv_1['throughput_rps']:.2f}x throughput"
+                )
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The human-readable report."""
     m = report["machine"]
     model = report["model"]
+    bare = "; ".join(
+        f"{rt} ({b['runtime']}): p50 {b['latency_ms']['p50']} ms, p95 {b['latency_ms']['p95']} ms"
+        f" over {b['n']} queries"
+        for rt, b in report["bare"].items()
+    )
     lines = [
         "# HTTP search under load",
         "",
@@ -365,19 +460,20 @@ def markdown(report: dict[str, Any]) -> str:
         f" load average at start {m['load_average_1_5_15']} (cores shared with other work).",
         f"- Model: {model['backbone']} + dual attention + {model['pooling']}, {model['image_size']}"
         f" px, init `{model['init']}`, fingerprint `{model['fingerprint']}`"
-        f" ({model['source']}). Figures are about serving, not retrieval quality.",
+        f" ({model['source']}).",
         f"- Data: {report['index']['total']} UCM images (all of {report['data']}), FAISS Flat"
         f" (inner product), SQLite metadata; index built in {report['index']['seconds']} s"
         f" ({report['index']['added']} added this run).",
-        f"- Server: `rsir serve` on {HOST}, in-process worker, device cpu; clients: httpx async"
-        f" in this process, keep-alive, one connection per client; `POST /search` with a real"
-        f" UCM JPEG (~{report['query_kib']} KiB) and k={report['k']}.",
+        f"- Server: `rsir serve` on {HOST}, in-process worker, device cpu, RSIR_RUNTIME as each"
+        " row says (`auto`: the fastest export that passed its parity check; the name in"
+        " brackets is what ran); clients: httpx async in this process, keep-alive, one"
+        f" connection per client; `POST /search` with a real UCM JPEG (~{report['query_kib']}"
+        f" KiB) and k={report['k']}.",
         f"- Bare query (decode + embed + FAISS + DB rows of one image, no HTTP, in the benchmark"
-        f" process, on a thread as the server's batcher): p50 {report['bare']['latency_ms']['p50']}"
-        f" ms, p95 {report['bare']['latency_ms']['p95']} ms over {report['bare']['n']} queries.",
-        f"- Both servers run side by side; every level is measured in {report['rounds']}"
-        " interleaved rounds (batched, then batch size 1; the bare query just before the"
-        " single-client rounds), so the load of other work on the shared cores falls on both."
+        f" process, on a thread as the server's batcher): {bare}.",
+        f"- All servers run side by side; every level is measured in {report['rounds']}"
+        " interleaved rounds (one server after the other; the bare queries just before the"
+        " single-client rounds), so the load of other work on the shared cores falls on all."
         f" Load average at the end: {report['load_average_end']}.",
         "",
         "| worker | clients | requests | ok | failed | throughput (req/s) | p50 ms | p95 ms"
@@ -386,20 +482,22 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- " + "| ---: " * 11 + "| --- |",
     ]
     for config in report["configs"]:
-        for level in config["levels"]:
-            lat = level["latency_ms"]
+        for lv in config["levels"]:
+            lat = lv["latency_ms"]
             lines.append(
-                f"| {config['name']} | {level['concurrency']} | {level['requests']} |"
-                f" {level['ok']} | {level['failed']} | {level['throughput_rps']} |"
+                f"| {config['name']} | {lv['concurrency']} | {lv['requests']} |"
+                f" {lv['ok']} | {lv['failed']} | {lv['throughput_rps']} |"
                 f" {lat.get('p50', '-')} | {lat.get('p95', '-')} | {lat.get('p99', '-')} |"
-                f" {'-' if level['server_mean_batch'] is None else level['server_mean_batch']} |"
-                f" {level['server_request_mean_ms']} | {level['server_batch_mean_ms']} |"
-                f" {', '.join(str(x) for x in level['load_average_1m'])} |"
+                f" {'-' if lv['server_mean_batch'] is None else lv['server_mean_batch']} |"
+                f" {lv['server_request_mean_ms']} | {lv['server_batch_mean_ms']} |"
+                f" {', '.join(str(x) for x in lv['load_average_1m'])} |"
             )
-    lines += ["", "End-to-end p50 with 1 client over bare p50 (HTTP, multipart, upload checks,"
-              " batcher hand-off and JSON on top of the same work):", ""]  # fmt: skip
+    lines += ["", "Against torch and against batch size 1, same run:", "", *ratio_lines(report)]
+    lines += ["", "End-to-end p50 with 1 client over the bare p50 of the same runtime (HTTP,"
+              " multipart, upload checks, batcher hand-off and JSON on top of the same work):",
+              ""]  # fmt: skip
     for config in report["configs"]:
-        single = next((lv for lv in config["levels"] if lv["concurrency"] == 1), None)
+        single = level(config, 1)
         detail = ""
         if single is not None:
             detail = (
@@ -408,33 +506,6 @@ def markdown(report: dict[str, Any]) -> str:
                 f" FAISS {single['server_batch_mean_ms']} ms)"
             )
         lines.append(f"- {config['name']}: {config['e2e_p50_over_bare_p50']}x{detail}")
-    bare_p50 = report["bare"]["latency_ms"]["p50"]
-    forward = [
-        lv["server_batch_mean_ms"] / bare_p50
-        for config in report["configs"]
-        for lv in config["levels"]
-        if lv["concurrency"] == 1 and lv["server_batch_mean_ms"]
-    ]
-    if forward:
-        lines += [
-            "",
-            f"Inside the server, one forward pass + FAISS for a single query took"
-            f" {min(forward):.1f} to {max(forward):.1f} times the bare p50 (means against a"
-            " median, so tails count). Where that factor is well above 1, the gap is CPU"
-            " contention inside the server process (its OpenMP threads against the other work on"
-            " the shared cores), not HTTP: the HTTP part is the server's time per request minus"
-            " its time per batch.",
-        ]
-    lines += ["", "Speed-up of the batched worker over batch size 1 (throughput):", ""]
-    for level_b, level_1 in zip(
-        report["configs"][0]["levels"], report["configs"][1]["levels"], strict=True
-    ):
-        ratio = (
-            level_b["throughput_rps"] / level_1["throughput_rps"]
-            if level_1["throughput_rps"]
-            else 0
-        )
-        lines.append(f"- {level_b['concurrency']} clients: {ratio:.2f}x")
     verdict = "every request answered with k hits" if report["all_ok"] else "FAILURES: see JSON"
     lines += ["", f"Result: {report['total_ok']} of {report['total_requests']} requests answered;"
               f" {verdict}.", ""]  # fmt: skip
@@ -447,10 +518,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--work-dir", type=Path, default=REPO / "var" / "bench" / "http_load")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a trained embedder")
-    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--model", choices=["default", "r18-random"], default="default")
+    parser.add_argument("--image-size", type=int, default=96, help="r18-random only")
+    parser.add_argument("--runtimes", nargs="+", default=["torch", "auto"], help="RSIR_RUNTIME")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=128, help="requests per level")
-    parser.add_argument("--batch-sizes", type=int, nargs=2, default=[16, 1])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 1])
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--bare-repeats", type=int, default=60, help="over all rounds")
@@ -469,12 +542,17 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     info = machine()
 
-    if args.checkpoint is None:
+    classes = sorted(p.name for p in source.iterdir() if p.is_dir())
+    if args.checkpoint is None and args.model == "r18-random":
         checkpoint = work / f"embedder-r18-{args.image_size}px-random-seed0.pt"
         if not checkpoint.is_file():
-            classes = sorted(p.name for p in source.iterdir() if p.is_dir())
             make_random_checkpoint(checkpoint, args.image_size, classes)
         model_source = "seeded random initialisation, made by this script"
+    elif args.checkpoint is None:
+        checkpoint = work / "embedder-default-pretrained.pt"
+        if not checkpoint.is_file():
+            make_default_checkpoint(checkpoint, classes, source)
+        model_source = "the pretrained default embedder, exported by this script"
     else:
         checkpoint = args.checkpoint.resolve()
         model_source = f"checkpoint {checkpoint.name}"
@@ -504,47 +582,62 @@ def main(argv: list[str] | None = None) -> int:
     # interleaved in rounds: config A then B at each level, the bare query just before the
     # single-client level. The cores are shared with other work, so this spreads its noise
     # over both configurations instead of letting it land on one of them.
-    names = {bs: f"batched (max {bs})" if bs > 1 else "batch size 1" for bs in args.batch_sizes}
-    servers: dict[int, Server] = {}
-    startup: dict[int, float] = {}
-    samples: dict[tuple[int, int], list[Sample]] = {}
-    bare: list[float] = []
+    keys = [(rt, bs) for rt in args.runtimes for bs in args.batch_sizes]
+    resolved = {rt: resolved_runtime(checkpoint, rt) for rt in args.runtimes}
+    names = {
+        (rt, bs): f"{rt} ({resolved[rt]}), " + (f"batched (max {bs})" if bs > 1 else "batch 1")
+        for rt, bs in keys
+    }
+    servers: dict[tuple[str, int], Server] = {}
+    startup: dict[tuple[str, int], float] = {}
+    samples: dict[tuple[tuple[str, int], int], list[Sample]] = {}
+    bare: dict[str, list[float]] = {rt: [] for rt in args.runtimes}
     per_round = max(1, args.requests // args.rounds)
     try:
-        for bs in args.batch_sizes:
+        for rt, bs in keys:
             with tempfile.NamedTemporaryFile(
                 prefix="rsir-serve-", suffix=".log", delete=False
             ) as f:
                 log = Path(f.name)
-            servers[bs] = Server({**env_base, "RSIR_BATCH_MAX_SIZE": str(bs)}, log)
-        for bs, server in servers.items():
-            startup[bs] = server.wait_ready()
+            server_env = {**env_base, "RSIR_BATCH_MAX_SIZE": str(bs), "RSIR_RUNTIME": rt}
+            servers[(rt, bs)] = Server(server_env, log)
+        for key, server in servers.items():
+            startup[key] = server.wait_ready()
             run_round(server, payloads, 8, 16, args.k)  # warm-up, not reported
         for round_no in range(args.rounds):
             for concurrency in args.concurrency:
                 if concurrency == 1:
-                    bare += bare_query_times(
-                        index_dir, checkpoint, payloads, args.k, args.bare_repeats // args.rounds
-                    )
-                for bs, server in servers.items():
+                    for rt in args.runtimes:
+                        bare[rt] += bare_query_times(
+                            index_dir, checkpoint, payloads, args.k,
+                            args.bare_repeats // args.rounds, rt,
+                        )  # fmt: skip
+                for key, server in servers.items():
                     sample = run_round(server, payloads, concurrency, per_round, args.k)
-                    samples.setdefault((bs, concurrency), []).append(sample)
+                    samples.setdefault((key, concurrency), []).append(sample)
                     done = f"{len(sample.latencies)} ok in {sample.wall_s:.1f} s"
-                    print(f"round {round_no + 1}/{args.rounds}, {names[bs]}, {concurrency}"
+                    print(f"round {round_no + 1}/{args.rounds}, {names[key]}, {concurrency}"
                           f" clients: {done}, failed {len(sample.failures)},"
                           f" load {sample.load_1m:.1f}", flush=True)  # fmt: skip
     finally:
         for server in servers.values():
             server.stop()
 
-    bare_p50 = statistics.median(bare)
+    bare_p50 = {rt: statistics.median(times) for rt, times in bare.items()}
     configs: list[ConfigResult] = []
-    for bs in args.batch_sizes:
-        levels = [aggregate(c, per_round * args.rounds, samples[(bs, c)]) for c in args.concurrency]
-        config = ConfigResult(names[bs], bs, args.batch_wait_ms, round(startup[bs], 2), levels)
+    for rt, bs in keys:
+        levels = [
+            aggregate(c, per_round * args.rounds, samples[((rt, bs), c)]) for c in args.concurrency
+        ]
+        config = ConfigResult(
+            names[(rt, bs)], rt, resolved[rt], bs, args.batch_wait_ms, round(startup[(rt, bs)], 2),
+            levels,
+        )  # fmt: skip
         single = next((lv for lv in levels if lv.concurrency == 1), None)
         if single is not None and single.latency_ms:
-            config.e2e_p50_over_bare_p50 = round(single.latency_ms["p50"] / (bare_p50 * 1000.0), 2)
+            config.e2e_p50_over_bare_p50 = round(
+                single.latency_ms["p50"] / (bare_p50[rt] * 1000.0), 2
+            )
         configs.append(config)
 
     total_requests = sum(lv.requests for c in configs for lv in c.levels)
@@ -568,10 +661,14 @@ def main(argv: list[str] | None = None) -> int:
         "k": args.k,
         "query_kib": round(statistics.mean(len(d) for _, d in payloads) / 1024, 1),
         "bare": {
-            "what": "decode + embed + FAISS + DB rows of one image, no HTTP, benchmark process",
-            "n": len(bare),
-            "latency_ms": percentiles(bare),
-            "measured": "on a thread of its own, just before each single-client round",
+            rt: {
+                "what": "decode + embed + FAISS + DB rows of one image, no HTTP, benchmark process",
+                "runtime": resolved[rt],
+                "n": len(times),
+                "latency_ms": percentiles(times),
+                "measured": "on a thread of its own, just before each single-client round",
+            }
+            for rt, times in bare.items()
         },
         "rounds": args.rounds,
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
