@@ -1,4 +1,14 @@
-"""Shared fixtures: real images from ../shared/data, small trained checkpoints, DB URLs."""
+"""Shared fixtures: real images from ../shared/data, tiny generated ones, small trained
+checkpoints, DB URLs; and the `real_data` marker.
+
+Every test that reads the real benchmark images of ../shared/data (RSIR_DATA_ROOT) is marked
+`real_data` here, at collection: those that use a fixture which reads them (`REAL_DATA_FIXTURES`,
+and whatever depends on one) and those of a module that imports the data paths
+(`REAL_DATA_NAMES`). CI runs them all (and fails if the data is missing:
+RSIR_REQUIRE_REAL_DATA=1 in .ci/run); elsewhere they are skipped with the reason when the data
+is not there, and `pytest -m "not real_data"` runs the tests that stand on their own, on the tiny
+fixtures of tests/data/make_tiny.py.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.data.make_tiny import Tiny, make_tiny
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("RSIR_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
 UCM_IMAGES = DATA_ROOT / "UCMerced_LandUse" / "Images"
@@ -20,6 +32,35 @@ POSTGRES_URL = os.environ.get(
     "RSIR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 SMALL_CLASSES = ("agricultural", "beach", "forest", "harbor")
+REAL_DATA_FIXTURES = frozenset({"small_folder", "world"})
+REAL_DATA_NAMES = frozenset(
+    {"DATA_ROOT", "UCM_IMAGES", "UCM_TIFF", "NWPU12", "UCM", "GEOTIFF", "ucm_files",
+     "make_class_folder", "lite0_descriptors"}
+)  # fmt: skip
+
+
+def reads_real_data(item: pytest.Item) -> bool:
+    """True for a test that reads ../shared/data (see the module doc)."""
+    if item.get_closest_marker("real_data"):
+        return True
+    if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    module = getattr(item, "module", None)
+    return module is not None and bool(REAL_DATA_NAMES & set(vars(module)))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if reads_real_data(item) and not item.get_closest_marker("real_data"):
+            item.add_marker(pytest.mark.real_data)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("real_data") and not UCM_IMAGES.is_dir():
+        reason = f"the real benchmark images are not at {DATA_ROOT} (set RSIR_DATA_ROOT)"
+        if os.environ.get("RSIR_REQUIRE_REAL_DATA"):
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 def ucm_files(cls: str, n: int) -> list[Path]:
@@ -34,6 +75,12 @@ def make_class_folder(dest: Path, per_class: int, classes: tuple[str, ...] = SMA
         for src in ucm_files(cls, per_class):
             shutil.copy(src, dest / cls / src.name)
     return dest
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    """The tiny generated fixtures (tests/data/make_tiny.py): scenes, archives, a GeoTIFF."""
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="session")

@@ -21,13 +21,13 @@ from indexer.sources import (
     source_kind,
 )
 from model.imageio import max_file_bytes
-from tests.conftest import ucm_files
 from tests.data.make_bombs import Corpus, make_corpus
+from tests.data.make_tiny import Tiny
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
-    return make_corpus(tmp_path_factory.mktemp("bombs"), ucm_files("beach", 3))
+def corpus(tmp_path_factory: pytest.TempPathFactory, tiny: Tiny) -> Corpus:
+    return make_corpus(tmp_path_factory.mktemp("bombs"), tiny.images["stripes"][:3])
 
 
 def test_zip_entry_over_the_cap_is_refused_by_its_declared_size(corpus: Corpus) -> None:
@@ -88,14 +88,14 @@ def test_folder_file_over_the_cap_is_not_read(corpus: Corpus) -> None:
 
 
 # ---------------------------------------------------------------- listing and reading, any kind
-def layout(root: Path) -> dict[str, bytes]:
-    """<class>/<image> real UCM files, plus what a listing must pass over or set apart."""
+def layout(root: Path, tiny: Tiny) -> dict[str, bytes]:
+    """<class>/<image> files (tiny fixtures), plus what a listing must pass over or set apart."""
     files = {
         f"{cls}/{src.name}": src.read_bytes()
-        for cls in ("beach", "forest")
-        for src in ucm_files(cls, 2)
+        for cls in ("stripes", "checks")
+        for src in tiny.images[cls][:2]
     }
-    files["top.jpg"] = files["beach/" + ucm_files("beach", 1)[0].name]  # no class folder
+    files["top.jpg"] = tiny.images["stripes"][0].read_bytes()  # no class folder
     files["forest/notes.txt"] = b"not an image"
     files[".hidden/x.jpg"] = b"hidden"
     files["__MACOSX/beach/._a.jpg"] = b"resource fork"
@@ -118,15 +118,15 @@ def archives(folder: Path, dest: Path) -> list[Path]:
     return [dest / "s.zip", dest / "s.tar", dest / "s.tar.gz"]
 
 
-def test_every_kind_lists_the_same_entries_labels_and_bytes(tmp_path: Path) -> None:
+def test_every_kind_lists_the_same_entries_labels_and_bytes(tmp_path: Path, tiny: Tiny) -> None:
     folder = tmp_path / "folder"
-    files = layout(folder)
+    files = layout(folder, tiny)
     images = sorted(n for n in files if n.endswith(".jpg") and not n.startswith((".", "__")))
     for source in [folder, *archives(folder, tmp_path)]:
         listing = list_entries(source)
         assert [e.path for e in listing.entries] == images, source.name
         assert {e.path: e.label for e in listing.entries}["top.jpg"] is None
-        assert {e.label for e in listing.entries} == {"beach", "forest", None}
+        assert {e.label for e in listing.entries} == {"stripes", "checks", None}
         assert listing.non_image == ["forest/notes.txt"]
         reader = pickle.loads(pickle.dumps(SourceReader(source)))  # as a DataLoader worker
         reader.read(images[0])  # opens the archive in this copy

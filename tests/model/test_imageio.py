@@ -9,15 +9,17 @@ import pytest
 import tifffile
 from PIL import Image
 
-from model.imageio import ImageTooLargeError, decode_image, max_decoded_bytes, read_image
-from tests.conftest import ucm_files
+from model.imageio import ImageTooLargeError, decode_image, max_decoded_bytes
+from tests.data.make_tiny import pattern
 
 ORIENTATION = 274
 
 
 def _real(width: int = 256, height: int = 200) -> np.ndarray:
-    """A real UCM image cropped to a non-square size, so that a turn shows in the shape."""
-    return np.asarray(read_image(ucm_files("harbor", 1)[0]))[:height, :width]
+    """A textured non-square RGB picture (a tiny fixture's pattern, enlarged), so that a turn
+    shows in the shape and a flip in the pixels."""
+    small = Image.fromarray(pattern("dots", 1))
+    return np.asarray(small.resize((width, height), Image.Resampling.BICUBIC))
 
 
 def _tiff(array: np.ndarray, **kwargs: object) -> bytes:
