@@ -381,32 +381,23 @@ def remove(
     db_url: Annotated[str | None, typer.Option("--db", help=option_help("db_url"))] = None,
 ) -> None:
     """Delete images from index and DB together, by id or by source."""
-    from sqlalchemy import select
-
-    from indexer.db import ImageRow, make_engine, make_sessionmaker
-    from indexer.engines import open_index
-    from indexer.sources import canonical_source
+    from indexer.db import make_engine
+    from indexer.removal import remove_images, source_image_ids
 
     settings = get_settings(index_dir=index_dir, db_url=db_url)
     if not ids and source is None:
         raise _fail("give ids or --source")
     engine = make_engine(settings.resolved_db_url())
-    wanted = list(ids or [])
-    if source is not None:
-        with make_sessionmaker(engine)() as session:
-            wanted += list(
-                session.scalars(
-                    select(ImageRow.id).where(
-                        ImageRow.source.in_([source, canonical_source(source)])
-                    )
-                )
-            )
     try:
-        with open_index(settings.index_dir, engine, writable=True) as store:
-            removed = store.remove(wanted)
-            typer.echo(f"removed {removed} images; index holds {store.ntotal}")
+        wanted = list(ids or [])
+        if source is not None:
+            wanted += source_image_ids(engine, source)
+        removal = remove_images(settings.index_dir, engine, wanted)
     except (FileNotFoundError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"removed {removal.removed} images; index holds {removal.ntotal}")
 
 
 @app.command()

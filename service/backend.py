@@ -15,10 +15,11 @@ import httpx
 from PIL import Image
 
 from indexer.area import BBox
-from indexer.feedback import Feedback
 from indexer.search import Hit
+from service.classifier_pool import ClassifyResult, Prediction
 from service.errors import NotReadyError, ServiceError
-from service.inference import ClassifyResult, InferenceCore, ModelInfo, Prediction, SearchResult
+from service.inference import InferenceCore, ModelInfo
+from service.search_engine import SearchOptions, SearchResult
 
 INTERNAL_PREFIX = "/internal"
 
@@ -27,18 +28,10 @@ class Backend(Protocol):
     """The operations the HTTP routes need from the inference side."""
 
     async def search(
-        self,
-        data: bytes,
-        image: Image.Image,
-        k: int,
-        label: str | None,
-        bbox: BBox | None = None,
-        feedback: Feedback | None = None,
+        self, data: bytes, image: Image.Image, options: SearchOptions, bbox: BBox | None = None
     ) -> SearchResult: ...
 
-    async def similar(
-        self, image_id: int, k: int, label: str | None, feedback: Feedback | None = None
-    ) -> SearchResult: ...
+    async def similar(self, image_id: int, options: SearchOptions) -> SearchResult: ...
 
     async def explain(self, data: bytes, image: Image.Image) -> bytes: ...
 
@@ -56,37 +49,29 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """The core in this process (the embedded default)."""
+    """The search engine and classifier pool in this process (the embedded default)."""
 
     def __init__(self, core: InferenceCore) -> None:
         self.core = core
 
     async def search(
-        self,
-        data: bytes,
-        image: Image.Image,
-        k: int,
-        label: str | None,
-        bbox: BBox | None = None,
-        feedback: Feedback | None = None,
+        self, data: bytes, image: Image.Image, options: SearchOptions, bbox: BBox | None = None
     ) -> SearchResult:
-        return await self.core.search(image, k, label, bbox, feedback)
+        return await self.core.retrieval.search(image, options, bbox)
 
-    async def similar(
-        self, image_id: int, k: int, label: str | None, feedback: Feedback | None = None
-    ) -> SearchResult:
-        return await self.core.similar(image_id, k, label, feedback)
+    async def similar(self, image_id: int, options: SearchOptions) -> SearchResult:
+        return await self.core.retrieval.similar(image_id, options)
 
     async def explain(self, data: bytes, image: Image.Image) -> bytes:
-        return await self.core.explain(image)
+        return await self.core.retrieval.explain(image)
 
     async def classify(
         self, data: bytes, image: Image.Image, model: str | None, top_k: int, explain: bool
     ) -> ClassifyResult:
-        return await self.core.classify(image, model, top_k, explain)
+        return await self.core.classifiers.classify(image, model, top_k, explain)
 
     async def remove_image(self, image_id: int) -> int:
-        return await anyio.to_thread.run_sync(self.core.remove_images, [image_id])
+        return await anyio.to_thread.run_sync(self.core.retrieval.remove_images, [image_id])
 
     async def models(self) -> list[ModelInfo]:
         return self.core.models()
@@ -157,34 +142,25 @@ class RemoteBackend:
     def _params(**values: Any) -> dict[str, Any]:
         return {k: v for k, v in values.items() if v is not None}
 
-    @staticmethod
-    def _feedback(feedback: Feedback | None) -> dict[str, str]:
-        """The feedback as the worker's comma-separated query parameters."""
-        if not feedback:
-            return {}
-        return {
-            "relevant": ",".join(map(str, feedback.relevant)),
-            "not_relevant": ",".join(map(str, feedback.not_relevant)),
-        }
+    @classmethod
+    def _options(cls, options: SearchOptions) -> dict[str, Any]:
+        """The search options as the worker's query parameters (feedback comma-separated)."""
+        params = cls._params(k=options.k, label=options.label)
+        if options.feedback:
+            params["relevant"] = ",".join(map(str, options.feedback.relevant))
+            params["not_relevant"] = ",".join(map(str, options.feedback.not_relevant))
+        return params
 
     async def search(
-        self,
-        data: bytes,
-        image: Image.Image,
-        k: int,
-        label: str | None,
-        bbox: BBox | None = None,
-        feedback: Feedback | None = None,
+        self, data: bytes, image: Image.Image, options: SearchOptions, bbox: BBox | None = None
     ) -> SearchResult:
         area = ",".join(map(repr, bbox.as_list())) if bbox is not None else None
-        params = self._params(k=k, label=label, bbox=area) | self._feedback(feedback)
+        params = self._options(options) | self._params(bbox=area)
         response = await self._request("POST", "/search", params=params, content=data)
         return search_from_json(response.json())
 
-    async def similar(
-        self, image_id: int, k: int, label: str | None, feedback: Feedback | None = None
-    ) -> SearchResult:
-        params = self._params(k=k, label=label) | self._feedback(feedback)
+    async def similar(self, image_id: int, options: SearchOptions) -> SearchResult:
+        params = self._options(options)
         response = await self._request("GET", f"/images/{image_id}/similar", params=params)
         return search_from_json(response.json())
 

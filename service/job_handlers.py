@@ -11,8 +11,8 @@ from typing import Any
 
 from indexer.scenes import TileOptions
 from rsir_common.settings import Settings
-from service.inference import InferenceCore
 from service.runner import Handler, JobContext, JobOutcome
+from service.search_engine import SearchEngine
 from service.security import resolve_inside
 
 
@@ -29,14 +29,15 @@ def tile_options(tiles: dict[str, Any] | None) -> TileOptions | None:
     return TileOptions(**{**tiles, "bands": bands})
 
 
-def make_handlers(settings: Settings, core: InferenceCore) -> dict[str, Handler]:
-    """Handlers by job kind, bound to this worker's settings and loaded models."""
+def make_handlers(settings: Settings, retrieval: SearchEngine) -> dict[str, Handler]:
+    """Handlers by job kind, bound to this worker's settings and its search engine (whose
+    embedder the jobs use, and which serves what an index job adds)."""
 
     def evaluation(ctx: JobContext) -> JobOutcome:
         from indexer.evaluate import evaluate_retrieval
 
         params = ctx.claim.params
-        checkpoint = core.embedder_checkpoint_for(params.get("model"))
+        checkpoint = retrieval.embedder_checkpoint_for(params.get("model"))
         root = resolve_inside(params["root"], settings.data_root)
         out_dir = job_dir(settings, ctx.claim.id)
         results = evaluate_retrieval(
@@ -61,7 +62,7 @@ def make_handlers(settings: Settings, core: InferenceCore) -> dict[str, Handler]
         from indexer.pipeline import index_source
 
         params = ctx.claim.params
-        checkpoint = core.embedder_checkpoint_for(None)
+        checkpoint = retrieval.embedder_checkpoint_for(None)
         source = resolve_inside(params["source"], settings.data_root)
         summary = index_source(
             source,
@@ -82,7 +83,7 @@ def make_handlers(settings: Settings, core: InferenceCore) -> dict[str, Handler]
             milvus_uri=settings.milvus_uri,
             milvus_collection=settings.milvus_collection,
         )
-        core.refresh_index()
+        retrieval.refresh_index()
         return JobOutcome(summary.to_dict())
 
     return {"evaluation": evaluation, "index": index}

@@ -1,4 +1,4 @@
-"""The worker side as one object: the inference core plus the job loop.
+"""The worker side as one object: the search engine and classifiers plus the job loop.
 
 The API builds one in its own process (embedded default); `rsir worker` builds one in a
 separate process and puts its internal HTTP API in front of it.
@@ -60,7 +60,7 @@ class WorkerRuntime:
         if run_jobs:
             self.runner = JobRunner(
                 jobs,
-                make_handlers(settings, self.core),
+                make_handlers(settings, self.core.retrieval),
                 poll_seconds=poll_seconds,
                 on_idle=self._idle,
             )
@@ -70,7 +70,8 @@ class WorkerRuntime:
         self.core.load()
         if self.db_problem is None:
             self._start_jobs()
-        if self.db_problem is not None or (self.core.store is None and self.core.index_retryable):
+        retrieval = self.core.retrieval
+        if self.db_problem is not None or (retrieval.store is None and retrieval.index_retryable):
             self._recovery = threading.Thread(
                 target=self._recover, name="rsir-recover", daemon=True
             )
@@ -93,10 +94,11 @@ class WorkerRuntime:
                     self._start_jobs()
                 else:
                     log.warning("%s; retrying in %.0f s", self.db_problem, delay)
-            if self.core.store is None and self.core.index_retryable and self.core.refresh_index():
+            retrieval = self.core.retrieval
+            if retrieval.store is None and retrieval.index_retryable and retrieval.refresh_index():
                 log.info("index loaded")
             if self.db_problem is None and (
-                self.core.store is not None or not self.core.index_retryable
+                retrieval.store is not None or not retrieval.index_retryable
             ):
                 return
             delay = min(delay * 2, RETRY_MAX_SECONDS)
@@ -118,5 +120,5 @@ class WorkerRuntime:
         now = time.monotonic()
         if now - self._last_refresh >= INDEX_REFRESH_SECONDS:
             self._last_refresh = now
-            if self.core.refresh_index():
+            if self.core.retrieval.refresh_index():
                 log.info("index reloaded")

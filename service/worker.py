@@ -31,6 +31,7 @@ from service.jobs import JobStore
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.runtime import WorkerRuntime, current_db_problem
+from service.search_engine import SearchOptions
 from service.security import check_api_key, check_internal_exposure, validate_api_key_setting
 from service.state import prepare_db
 from service.uploads import check_and_decode
@@ -107,9 +108,9 @@ async def search(
     not_relevant: str | None = None,
 ) -> dict[str, Any]:
     area = parse_area(bbox)
-    feedback = parse_feedback(relevant, not_relevant)
+    options = SearchOptions(k, label, parse_feedback(relevant, not_relevant))
     image = await _image(request, state)
-    return search_to_json(await core.search(image, k, label, area, feedback))
+    return search_to_json(await core.retrieval.search(image, options, area))
 
 
 @internal.get("/images/{image_id}/similar")
@@ -121,19 +122,19 @@ async def similar(
     relevant: str | None = None,
     not_relevant: str | None = None,
 ) -> dict[str, Any]:
-    feedback = parse_feedback(relevant, not_relevant)
-    return search_to_json(await core.similar(image_id, k, label, feedback))
+    options = SearchOptions(k, label, parse_feedback(relevant, not_relevant))
+    return search_to_json(await core.retrieval.similar(image_id, options))
 
 
 @internal.delete("/images/{image_id}")
 def remove_image(core: CoreDep, image_id: RowId) -> dict[str, int]:
-    return {"removed": core.remove_images([image_id])}
+    return {"removed": core.retrieval.remove_images([image_id])}
 
 
 @internal.post("/explain", response_class=Response)
 async def explain(request: Request, state: StateDep, core: CoreDep) -> Response:
     image = await _image(request, state)
-    return Response(await core.explain(image), media_type="image/png")
+    return Response(await core.retrieval.explain(image), media_type="image/png")
 
 
 @internal.post("/classify")
@@ -146,7 +147,7 @@ async def classify(
     explain: bool = False,
 ) -> dict[str, Any]:
     image = await _image(request, state)
-    return classify_to_json(await core.classify(image, model, top_k, explain))
+    return classify_to_json(await core.classifiers.classify(image, model, top_k, explain))
 
 
 @internal.get("/models")

@@ -26,7 +26,7 @@ def health(state: StateDep) -> dict[str, Any]:
     if runtime is not None:
         if runtime.db_problem is not None:
             problems.append(f"job loop waiting for the DB: {runtime.db_problem}")
-        problems.extend(runtime.core.problems if runtime.core.store is None else [])
+        problems.extend(runtime.core.problems if runtime.core.retrieval.store is None else [])
     return {"status": "degraded", "problems": problems} if problems else {"status": "ok"}
 
 

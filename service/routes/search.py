@@ -23,9 +23,9 @@ from indexer.scenes import SceneError, UnknownSceneError, png_bytes
 from model.imageio import is_tiff
 from service.deps import BackendDep, CheckedImage, ImageDep, OptionalImageDep, RowId, StateDep
 from service.errors import NotFoundError, ServiceError, parse_area, parse_feedback
-from service.inference import SearchResult
 from service.routes.scenes import scene_problem
 from service.schemas import HitOut, SearchResponse
+from service.search_engine import SearchOptions, SearchResult
 from service.security import public_path
 
 router = APIRouter(tags=["search"])
@@ -144,7 +144,7 @@ async def search(
     `not_relevant` refine the query with the hits a user marked."""
     started = time.perf_counter()
     area = parse_area(bbox)
-    feedback = parse_feedback(relevant, not_relevant)
+    options = SearchOptions(k, label or None, parse_feedback(relevant, not_relevant))
     if (upload is None) == (scene_id is None):
         raise ServiceError("give either an image or a scene_id with a window or place", 422)
     if upload is not None:
@@ -152,7 +152,7 @@ async def search(
     else:
         assert scene_id is not None
         query = await place_query(state, scene_id, window, place)
-    result = await backend.search(query.data, query.image, k, label or None, area, feedback)
+    result = await backend.search(query.data, query.image, options, area)
     return respond(request, result, k, started, form_format or query_format)
 
 
@@ -176,9 +176,9 @@ async def search_place(
     """Query by place: rank the indexed images by similarity to a window of an indexed scene."""
     started = time.perf_counter()
     area = parse_area(bbox)
-    feedback = parse_feedback(relevant, not_relevant)
+    options = SearchOptions(k, label or None, parse_feedback(relevant, not_relevant))
     query = await place_query(state, scene_id, window, place)
-    result = await backend.search(query.data, query.image, k, label or None, area, feedback)
+    result = await backend.search(query.data, query.image, options, area)
     return respond(request, result, k, started, format)
 
 
@@ -195,8 +195,8 @@ async def similar(
     """Rank the indexed images by similarity to an indexed one (itself excluded), refined by
     the `relevant` / `not_relevant` hits a user marked."""
     started = time.perf_counter()
-    feedback = parse_feedback(relevant, not_relevant)
-    result = await backend.similar(image_id, k, label or None, feedback)
+    options = SearchOptions(k, label or None, parse_feedback(relevant, not_relevant))
+    result = await backend.similar(image_id, options)
     return search_response(request, result, k, started)
 
 

@@ -18,8 +18,8 @@ from indexer.search import Searcher
 from indexer.store import IndexStore
 from model.checkpoint import load_embedder
 from rsir_common.settings import Settings
-from service.inference import InferenceCore
 from service.metrics import Metrics
+from service.search_engine import SearchEngine, SearchOptions
 
 pytestmark = pytest.mark.slow
 
@@ -82,21 +82,22 @@ async def test_label_filter_and_removal_on_100k_rows_for_cli_and_api(
     assert searcher.search_vectors(query[None], K, "no-such-class")[0] == []
     searcher.store.engine.dispose()
 
-    # The service's core, loading the same index: the same hits, the query itself left out.
+    # The service's search engine, loading the same index: the same hits, the query itself
+    # left out.
     settings = Settings(
         index_dir=index_dir, db_url=db_url, checkpoint=other_checkpoint, device="cpu"
     )
     engine = make_engine(db_url)
-    core = InferenceCore(settings, engine, Metrics())
+    core = SearchEngine(settings, engine, Metrics())
     core.load()
     try:
         assert core.store is not None and core.store.ntotal == N_ROWS
-        similar = await core.similar(query_id, K, "rare")
+        similar = await core.similar(query_id, SearchOptions(K, "rare"))
         assert [h.id for h in similar.hits] == [i for i in [h.id for h in rare] if i != query_id]
-        similar = await core.similar(query_id, K, "common")
+        similar = await core.similar(query_id, SearchOptions(K, "common"))
         assert [h.id for h in similar.hits] == [h.id for h in common]
         assert all(h.label == "common" for h in similar.hits)
-        unfiltered = await core.similar(query_id, K, None)
+        unfiltered = await core.similar(query_id, SearchOptions(K))
         assert len(unfiltered.hits) == K and query_id not in [h.id for h in unfiltered.hits]
     finally:
         core.close()

@@ -202,15 +202,15 @@ async def test_service_adopts_the_whitening_of_an_index_made_after_it_started(
 ) -> None:
     """Started on an empty index dir (raw queries), the service meets a whitened index written
     by `rsir index --whitening`: on its next refresh its queries are whitened too."""
-    from service.inference import InferenceCore
     from service.metrics import Metrics
+    from service.search_engine import SearchEngine, SearchOptions
 
     index_dir = tmp_path / "later"
     index_dir.mkdir()
     settings = served(world, index_dir).model_copy(update={"checkpoint": world["checkpoint"]})
     upgrade_db(settings.resolved_db_url())
     engine = make_engine(settings.resolved_db_url())
-    core = InferenceCore(settings, engine, Metrics())
+    core = SearchEngine(settings, engine, Metrics())
     core.load()
     try:
         assert core.model is not None and core.model.whitening is None
@@ -222,7 +222,7 @@ async def test_service_adopts_the_whitening_of_an_index_made_after_it_started(
         assert core.refresh_index()
         assert core.model.whitening is not None and core.model.dim == DIM
         query = sorted(source.iterdir())[3]
-        result = await core.search(decode_image(query.read_bytes()), 3, None)
+        result = await core.search(decode_image(query.read_bytes()), SearchOptions(3))
         assert result.hits[0].path.endswith(query.name) and result.hits[0].score > 0.99
         assert result.model_fingerprint == load_whitening(world["artifact"]).fingerprint()
     finally:

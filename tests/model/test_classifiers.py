@@ -458,30 +458,29 @@ def test_each_method_trains_one_epoch_and_its_checkpoint_classifies(
 def test_the_workers_classify_call_answers_with_every_method(
     trained: dict[str, Trained], tmp_path: Path
 ) -> None:
-    """What `/classify` runs: the service's InferenceCore loading the four checkpoints."""
+    """What `/classify` runs: the service's ClassifierPool loading the four checkpoints."""
     import anyio
-    from sqlalchemy import create_engine
 
     from rsir_common.settings import get_settings
-    from service.inference import InferenceCore
+    from service.classifier_pool import ClassifierPool
     from service.metrics import Metrics
 
     paths = [trained[m].path for m, _ in METHODS]
     settings = get_settings(index_dir=tmp_path, classifier_checkpoints=paths, device="cpu")
-    core = InferenceCore(settings, create_engine("sqlite://"), Metrics())
-    core.load()
+    pool = ClassifierPool(settings, Metrics(), torch.device("cpu"))
+    pool.load()
     try:
         names = {load_classifier(p).method: load_classifier(p).name for p in paths}
-        assert set(core.classifiers) == set(names.values())
+        assert set(pool.loaded) == set(names.values())
         image = Image.open(trained["plain"].images.paths[3]).convert("RGB")
         for method, name in names.items():
-            result = anyio.run(core.classify, image, name, 3, True)
+            result = anyio.run(pool.classify, image, name, 3, True)
             assert result.model == name
             assert sorted(p.label for p in result.predictions) == sorted(UCM_CLASSES)
             assert sum(p.probability for p in result.predictions) == pytest.approx(1.0, abs=1e-5)
             assert result.explanation_png is not None, method
     finally:
-        core.close()
+        pool.close()
 
 
 @pytest.mark.slow
@@ -691,10 +690,9 @@ def _save_untrained(path: Path, method: str) -> Path:
 def test_the_plain_classifiers_heat_map_reaches_the_service(tmp_path: Path) -> None:
     """Defect 7: the worker's /classify?explain answered no map for a plain classifier."""
     import anyio
-    from sqlalchemy import create_engine
 
     from rsir_common.settings import get_settings
-    from service.inference import InferenceCore
+    from service.classifier_pool import ClassifierPool
     from service.metrics import Metrics
 
     path = _save_untrained(tmp_path / "plain.pt", "plain")
@@ -702,14 +700,14 @@ def test_the_plain_classifiers_heat_map_reaches_the_service(tmp_path: Path) -> N
     png = load_classifier(path).explain(image)
     assert png is not None and Image.open(io.BytesIO(png)).size == image.size
     settings = get_settings(index_dir=tmp_path, classifier_checkpoints=[path], device="cpu")
-    core = InferenceCore(settings, create_engine("sqlite://"), Metrics())
-    core.load()
+    pool = ClassifierPool(settings, Metrics(), torch.device("cpu"))
+    pool.load()
     try:
-        result = anyio.run(core.classify, image, "plain-x", 3, True)
+        result = anyio.run(pool.classify, image, "plain-x", 3, True)
         assert result.explanation_png is not None
         assert Image.open(io.BytesIO(result.explanation_png)).format == "PNG"
     finally:
-        core.close()
+        pool.close()
 
 
 def test_classifier_training_skips_and_counts_an_unreadable_image(tmp_path: Path) -> None:
