@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -175,6 +175,24 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if not _postgres_available():
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
     schema = f"rsir_test_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
+    with _postgres_schema(schema) as url:
+        yield url
+
+
+@pytest.fixture
+def second_db_url(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """Another empty database of `db_url`'s kind, for comparing what two paths leave behind."""
+    if db_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'meta-2.db'}"
+        return
+    schema = f"rsir_test_{os.getpid()}_{abs(hash(db_url)) % 10**8}_second"
+    with _postgres_schema(schema) as url:
+        yield url
+
+
+@contextmanager
+def _postgres_schema(schema: str) -> Iterator[str]:
+    """A URL of the test PostgreSQL whose search path is a fresh schema, dropped afterwards."""
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
