@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from model.checkpoint import Checkpoint
 from model.device import best_device
 from rsir_common.settings import Settings
-from service.classifier_pool import ClassifierPool
+from service.classifier_pool import Classifier, ClassifierPool
 from service.metrics import Metrics
 from service.search_engine import SearchEngine
 
@@ -77,32 +78,25 @@ class InferenceCore:
         out: list[ModelInfo] = []
         ckpt, name = self.retrieval.checkpoint, self.retrieval.embedder_name
         if ckpt is not None and name is not None:
-            out.append(
-                ModelInfo(
-                    name=name,
-                    kind="embedder",
-                    dataset=ckpt.dataset,
-                    classes=list(ckpt.class_names),
-                    fingerprint=ckpt.fingerprint,
-                    init=ckpt.init,
-                    extra={
-                        "config": ckpt.config,
-                        "image_size": ckpt.preprocessing.image_size,
-                        "whitening": self.retrieval.whitening_identity(),
-                    },
-                )
-            )
-        for clf_name in self.classifiers.names:
-            clf = self.classifiers.loaded[clf_name]
-            out.append(
-                ModelInfo(
-                    name=clf_name,
-                    kind="classifier",
-                    dataset=clf.dataset,
-                    classes=list(clf.class_names),
-                    fingerprint=clf.fingerprint,
-                    init=clf.init,
-                    method=clf.method,
-                )
-            )
+            extra = {
+                "config": ckpt.config,
+                "image_size": ckpt.preprocessing.image_size,
+                "whitening": self.retrieval.whitening_identity(),
+            }
+            out.append(_model_info(name, "embedder", ckpt, extra=extra))
+        for clf_name, clf in sorted(self.classifiers.loaded.items()):
+            out.append(_model_info(clf_name, "classifier", clf, method=clf.method))
         return out
+
+
+def _model_info(name: str, kind: str, trained: Checkpoint | Classifier, **more: Any) -> ModelInfo:
+    """What `GET /models` says of a model: its name and kind, and what it was trained on."""
+    return ModelInfo(
+        name=name,
+        kind=kind,
+        dataset=trained.dataset,
+        classes=list(trained.class_names),
+        fingerprint=trained.fingerprint,
+        init=trained.init,
+        **more,
+    )

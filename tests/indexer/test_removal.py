@@ -5,13 +5,12 @@ SQLite and PostgreSQL: one committed version, the index's size after it, and wha
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select
 
-from indexer.db import ImageRow, IndexVersionRow, make_engine, make_sessionmaker, upgrade_db
+from indexer.db import ImageRow, IndexVersionRow, make_sessionmaker
 from indexer.removal import (
     IndexBusyError,
     UnknownImageError,
@@ -21,14 +20,6 @@ from indexer.removal import (
 from indexer.sources import canonical_source
 from indexer.store import IndexStore, ModelMismatchError
 from tests.indexer.test_segments import DIM, rows, unit_vectors
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade_db(db_url)
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

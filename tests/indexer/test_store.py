@@ -19,14 +19,6 @@ from tests.indexer.test_segments import DIM, rows, unit_vectors
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade_db(db_url)
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def store(engine: Engine, tmp_path: Path) -> Iterator[IndexStore]:
     with IndexStore.open(tmp_path / "idx", engine, "fp", DIM, writable=True) as writer:
         yield writer

@@ -57,3 +57,30 @@ async def test_a_db_behind_at_start_is_retried_and_the_job_loop_then_runs(
         ready = await _until(client, "/ready", lambda b: b.get("status") == "ready")
         assert ready.get("status") == "ready", ready  # and the index, missing at start, loaded
         assert (await client.get("/health")).json() == {"status": "ok"}
+
+
+def test_an_index_retried_in_vain_is_one_problem_until_it_loads(
+    world: World, tmp_path: Path
+) -> None:
+    """Each failed retry of the index replaces its problem rather than adding one more, so
+    /health and /ready do not list the same reason once per backoff step."""
+    from indexer.db import make_engine
+    from service.metrics import Metrics
+    from service.search_engine import SearchEngine
+
+    url = f"sqlite:///{tmp_path / 'not-yet-migrated.db'}"
+    settings = world.settings(index_dir=tmp_path / "index", db_url=url, classifier_checkpoints=[])
+    engine = make_engine(url)
+    search = SearchEngine(settings, engine, Metrics())
+    search.load()
+    try:
+        assert search.store is None and search.index_retryable
+        first = search.problems
+        assert len(first) == 1 and first[0].startswith("index in"), first
+        assert not search.refresh_index() and not search.refresh_index()
+        assert search.problems == first
+        upgrade_db(url)
+        assert search.refresh_index() and search.store is not None and search.problems == []
+    finally:
+        search.close()
+        engine.dispose()
