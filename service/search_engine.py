@@ -261,6 +261,7 @@ class SearchEngine:
 
     @property
     def ready(self) -> bool:
+        """Queries can be answered: an embedder and an index of its vectors are loaded."""
         return self.model is not None and self.store is not None
 
     def embedder_checkpoint_for(self, name: str | None) -> Path:
