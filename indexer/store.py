@@ -556,6 +556,8 @@ class IndexStore:
                     for i in members
                 )
                 removed = sum(len(v) for v in new_dead.values())
+                if not removed:  # none of the ids is indexed: no version, nothing to reload
+                    return 0
                 self._insert_version(session, next_version, self.ntotal - removed, None)
             dead = dict(self._dead)
             for sid, members in new_dead.items():

@@ -75,6 +75,16 @@ def test_remove_deletes_rows_and_hides_their_vectors(store: IndexStore, engine: 
     assert store.ntotal == len(kept)
 
 
+def test_removing_only_unknown_ids_commits_no_version(store: IndexStore, engine: Engine) -> None:
+    # `rsir remove` skips unknown ids; with none known it must leave the index as it was (no
+    # empty version for the service to reload), as DELETE of an unknown id does.
+    ids = store.add(rows(4, 0), unit_vectors(4, seed=3))
+    before = (store.version, committed_versions(engine))
+    assert store.remove([max(ids) + 1, max(ids) + 2]) == 0
+    assert (store.version, committed_versions(engine)) == before
+    assert [r.id for r in db_rows(engine)] == ids
+
+
 def test_a_failed_segment_write_rolls_back_rows_and_files(
     store: IndexStore, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
