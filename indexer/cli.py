@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from rsir_common.settings import Settings, get_settings, option_help
+from rsir_common.options import DATA_ROOT, DB_URL, SettingOverrides, opt, setting_options
+from rsir_common.settings import Settings, get_settings
 
 app = typer.Typer()
 
@@ -26,55 +27,24 @@ def _absolute_lite_uri(uri: str | None) -> str | None:
 
 
 @app.command()
+@setting_options(
+    "checkpoint index_dir",
+    DB_URL,
+    opt(
+        "index_factory",
+        "--index",
+        help="FAISS factory string (Flat, HNSW32, IVF1024,PQ64) or auto: chosen from the "
+        "archive's size (docs/architecture.md).",
+    ),
+    "batch_size num_workers commit_every tile_size stride resolution bands max_nodata whitening",
+    opt("vector_engine", "--engine", help="faiss (segments in --index-dir) or milvus."),
+    opt("milvus_uri", help="Milvus Lite file (path) or cluster URL (http://host:19530)."),
+    opt("ray_address", "--ray", help="Decode and embed on this Ray cluster (HEAD:6379, or local)."),
+)
 def index(
     src: Annotated[Path, typer.Argument(help="Folder, .zip, .tar, .tar.gz or GeoTIFF scene.")],
-    checkpoint: Annotated[Path | None, typer.Option(help=option_help("checkpoint"))] = None,
-    index_dir: Annotated[Path | None, typer.Option(help=option_help("index_dir"))] = None,
-    db_url: Annotated[str | None, typer.Option("--db", help=option_help("db_url"))] = None,
-    index_factory: Annotated[
-        str | None,
-        typer.Option(
-            "--index",
-            help=option_help(
-                "index_factory",
-                "FAISS factory string (Flat, HNSW32, IVF1024,PQ64) or auto: chosen from the "
-                "archive's size (docs/architecture.md).",
-            ),
-        ),
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help=option_help("batch_size"))] = None,
-    num_workers: Annotated[int | None, typer.Option(help=option_help("num_workers"))] = None,
-    commit_every: Annotated[int | None, typer.Option(help=option_help("commit_every"))] = None,
-    tile_size: Annotated[int | None, typer.Option(help=option_help("tile_size"))] = None,
-    stride: Annotated[int | None, typer.Option(help=option_help("stride"))] = None,
-    resolution: Annotated[float | None, typer.Option(help=option_help("resolution"))] = None,
-    bands: Annotated[str | None, typer.Option(help=option_help("bands"))] = None,
-    max_nodata: Annotated[float | None, typer.Option(help=option_help("max_nodata"))] = None,
-    whitening: Annotated[Path | None, typer.Option(help=option_help("whitening"))] = None,
-    vector_engine: Annotated[
-        str | None,
-        typer.Option(
-            "--engine",
-            help=option_help("vector_engine", "faiss (segments in --index-dir) or milvus."),
-        ),
-    ] = None,
-    milvus_uri: Annotated[
-        str | None,
-        typer.Option(
-            help=option_help(
-                "milvus_uri", "Milvus Lite file (path) or cluster URL (http://host:19530)."
-            )
-        ),
-    ] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            "--ray",
-            help=option_help(
-                "ray_address", "Decode and embed on this Ray cluster (HEAD:6379, or local)."
-            ),
-        ),
-    ] = None,
+    *,
+    overrides: SettingOverrides,
 ) -> None:
     """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume);
     with --whitening, whitened and reduced vectors (the index then whitens its queries)."""
@@ -84,24 +54,8 @@ def index(
     from indexer.store import IndexTrainingError, ModelMismatchError
     from rsir_common.progress import progress_bar
 
-    settings = get_settings(
-        checkpoint=checkpoint,
-        index_dir=index_dir,
-        db_url=db_url,
-        index_factory=index_factory,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        commit_every=commit_every,
-        tile_size=tile_size,
-        stride=stride,
-        resolution=resolution,
-        bands=bands,
-        max_nodata=max_nodata,
-        whitening=whitening,
-        vector_engine=vector_engine,
-        milvus_uri=_absolute_lite_uri(milvus_uri),
-        ray_address=ray_address,
-    )
+    milvus_uri = _absolute_lite_uri(overrides["milvus_uri"])
+    settings = get_settings(**{**overrides, "milvus_uri": milvus_uri})
     if settings.checkpoint is None:
         raise _fail("no checkpoint: pass --checkpoint or set RSIR_CHECKPOINT")
     try:
@@ -160,18 +114,17 @@ def index(
 
 
 @app.command()
+@setting_options(
+    "index_dir",
+    opt("checkpoint", help="Embedder checkpoint; default: the one of the index."),
+    DB_URL,
+)
 def search(
     image: Annotated[
         Path | None, typer.Argument(help="Query image (or --scene with --window/--place).")
     ] = None,
-    index_dir: Annotated[Path | None, typer.Option(help=option_help("index_dir"))] = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            help=option_help("checkpoint", "Embedder checkpoint; default: the one of the index.")
-        ),
-    ] = None,
-    db_url: Annotated[str | None, typer.Option("--db", help=option_help("db_url"))] = None,
+    *,
+    overrides: SettingOverrides,
     k: Annotated[int, typer.Option("-k", "--k", min=1)] = 10,
     label: Annotated[str | None, typer.Option(help="Only hits of this class.")] = None,
     bbox: Annotated[
@@ -211,7 +164,7 @@ def search(
     from indexer.store import ModelMismatchError
     from model.imageio import ImageDecodeError
 
-    settings = get_settings(index_dir=index_dir, db_url=db_url, checkpoint=checkpoint)
+    settings = get_settings(**overrides)
     if (image is None) == (scene is None):
         raise _fail("give a query IMAGE or --scene ID (with --window or --place)")
     try:
@@ -256,49 +209,25 @@ def search(
 
 
 @app.command()
+@setting_options(
+    "checkpoint dataset",
+    DATA_ROOT,
+    "protocol seed per_class scales whiten whiten_dim dba qe",
+    opt("evaluate_on_index", "--on-index/--on-checkpoint"),
+    "index_dir",
+    DB_URL,
+)
 def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for results.json, split.json, pr_curve.png.")],
-    checkpoint: Annotated[Path | None, typer.Option(help=option_help("checkpoint"))] = None,
-    dataset: Annotated[str | None, typer.Option(help=option_help("dataset"))] = None,
-    data_root: Annotated[
-        Path | None, typer.Option("--root", "--data-root", help=option_help("data_root"))
-    ] = None,
-    protocol: Annotated[str | None, typer.Option(help=option_help("protocol"))] = None,
-    seed: Annotated[int | None, typer.Option(help=option_help("seed"))] = None,
-    per_class: Annotated[int | None, typer.Option(help=option_help("per_class"))] = None,
-    scales: Annotated[str | None, typer.Option(help=option_help("scales"))] = None,
-    whiten: Annotated[str | None, typer.Option(help=option_help("whiten"))] = None,
-    whiten_dim: Annotated[int | None, typer.Option(help=option_help("whiten_dim"))] = None,
-    dba: Annotated[int | None, typer.Option(help=option_help("dba"))] = None,
-    qe: Annotated[int | None, typer.Option(help=option_help("qe"))] = None,
-    evaluate_on_index: Annotated[
-        bool | None,
-        typer.Option("--on-index/--on-checkpoint", help=option_help("evaluate_on_index")),
-    ] = None,
-    index_dir: Annotated[Path | None, typer.Option(help=option_help("index_dir"))] = None,
-    db_url: Annotated[str | None, typer.Option("--db", help=option_help("db_url"))] = None,
+    *,
+    overrides: SettingOverrides,
 ) -> None:
     """mAP, mAP@k, P@k and per-class AP of the checkpoint (or, --on-index, of the index as
     built); writes JSON and a PR-curve PNG."""
     from indexer.evaluate import Refinements, evaluate_retrieval, format_results_table
     from rsir_common.progress import progress_bar
 
-    settings = get_settings(
-        checkpoint=checkpoint,
-        dataset=dataset,
-        data_root=data_root,
-        protocol=protocol,
-        seed=seed,
-        per_class=per_class,
-        scales=scales,
-        whiten=whiten,
-        whiten_dim=whiten_dim,
-        dba=dba,
-        qe=qe,
-        evaluate_on_index=evaluate_on_index,
-        index_dir=index_dir,
-        db_url=db_url,
-    )
+    settings = get_settings(**overrides)
     refinements = Refinements(
         scales=tuple(float(s) for s in settings.scales.split(",")),
         whitening=settings.whiten,
@@ -374,17 +303,18 @@ def _evaluate_index(settings: Settings, out: Path) -> None:
 
 
 @app.command()
+@setting_options("index_dir", DB_URL)
 def remove(
     ids: Annotated[list[int] | None, typer.Argument(help="Image ids to delete.")] = None,
     source: Annotated[str | None, typer.Option(help="Delete every image of this source.")] = None,
-    index_dir: Annotated[Path | None, typer.Option(help=option_help("index_dir"))] = None,
-    db_url: Annotated[str | None, typer.Option("--db", help=option_help("db_url"))] = None,
+    *,
+    overrides: SettingOverrides,
 ) -> None:
     """Delete images from index and DB together, by id or by source."""
     from indexer.db import make_engine
     from indexer.removal import remove_images, source_image_ids
 
-    settings = get_settings(index_dir=index_dir, db_url=db_url)
+    settings = get_settings(**overrides)
     if not ids and source is None:
         raise _fail("give ids or --source")
     engine = make_engine(settings.resolved_db_url())
@@ -401,25 +331,17 @@ def remove(
 
 
 @app.command()
-def compact(
-    index_dir: Annotated[Path | None, typer.Option(help=option_help("index_dir"))] = None,
-    db_url: Annotated[str | None, typer.Option("--db", help=option_help("db_url"))] = None,
-    compact_full: Annotated[
-        bool | None, typer.Option("--full/--no-full", help=option_help("compact_full"))
-    ] = None,
-    merge_factor: Annotated[
-        int | None, typer.Option(min=2, help=option_help("merge_factor"))
-    ] = None,
-) -> None:
+@setting_options(
+    "index_dir", DB_URL, opt("compact_full", "--full/--no-full"), opt("merge_factor", min=2)
+)
+def compact(*, overrides: SettingOverrides) -> None:
     """Merge small segments and drop removed vectors; each merge commits, so a re-run resumes."""
     from dataclasses import replace
 
     from indexer.db import make_engine
     from indexer.store import IndexStore
 
-    settings = get_settings(
-        index_dir=index_dir, db_url=db_url, compact_full=compact_full, merge_factor=merge_factor
-    )
+    settings = get_settings(**overrides)
     engine = make_engine(settings.resolved_db_url())
     try:
         with IndexStore.open(settings.index_dir, engine, writable=True) as store:

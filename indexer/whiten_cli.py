@@ -7,30 +7,26 @@ from typing import Annotated
 
 import typer
 
-from rsir_common.settings import get_settings, option_help
+from rsir_common.options import DATA_ROOT, SettingOverrides, opt, setting_options
+from rsir_common.settings import get_settings
 
 app = typer.Typer()
 
 
 @app.command()
+@setting_options(
+    "dataset",
+    DATA_ROOT,
+    "per_class",
+    opt("whitening_method", "--method"),
+    opt("whitening_dim", "--dim"),
+    opt("whitening_train_split", "--train-split/--all-images"),
+)
 def whiten(
     checkpoint: Annotated[Path, typer.Argument(help="Embedder checkpoint the artifact is for.")],
     out: Annotated[Path, typer.Option(help="Artifact to write (.npz).")],
-    dataset: Annotated[str | None, typer.Option(help=option_help("dataset"))] = None,
-    data_root: Annotated[
-        Path | None, typer.Option("--root", "--data-root", help=option_help("data_root"))
-    ] = None,
-    per_class: Annotated[int | None, typer.Option(help=option_help("per_class"))] = None,
-    whitening_method: Annotated[
-        str | None, typer.Option("--method", help=option_help("whitening_method"))
-    ] = None,
-    whitening_dim: Annotated[
-        int | None, typer.Option("--dim", help=option_help("whitening_dim"))
-    ] = None,
-    whitening_train_split: Annotated[
-        bool | None,
-        typer.Option("--train-split/--all-images", help=option_help("whitening_train_split")),
-    ] = None,
+    *,
+    overrides: SettingOverrides,
 ) -> None:
     """Learn PCA- or Lw-whitening with dimension reduction from labelled images; the artifact
     is bound to the checkpoint's fingerprint (other checkpoints and indexes refuse it)."""
@@ -40,14 +36,7 @@ def whiten(
     from rsir_common.progress import progress_bar
 
     try:
-        settings = get_settings(
-            dataset=dataset,
-            data_root=data_root,
-            per_class=per_class,
-            whitening_method=whitening_method,
-            whitening_dim=whitening_dim,
-            whitening_train_split=whitening_train_split,
-        )
+        settings = get_settings(**overrides)
     except ValidationError as exc:
         typer.secho(f"error: {exc.errors()[0]['msg']}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from None

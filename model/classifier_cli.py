@@ -10,9 +10,12 @@ import typer
 
 from model.backbones import list_backbones
 from model.datasets import DATASET_KINDS
-from rsir_common.settings import Settings, get_settings, option_help
+from rsir_common.options import DATA_ROOT, SettingOverrides, opt, setting_options
+from rsir_common.settings import Settings, get_settings
 
 app = typer.Typer()
+DATASET = opt("dataset", help=f"One of {', '.join(DATASET_KINDS)}.")
+CACHE_DIR = opt("cache_dir", help="Caches (DDRL-AM Grad-CAM maps).")
 
 
 def _methods() -> str:
@@ -22,55 +25,28 @@ def _methods() -> str:
 
 
 @app.command("train-classifier")
+@setting_options(
+    opt("classifier_method", "--method", help=f"One of {_methods()}."),
+    DATASET,
+    DATA_ROOT,
+    opt(
+        "backbone",
+        help=f"One of {', '.join(list_backbones())}; default: resnet50 when its ImageNet "
+        "file is here, else efficientnet_lite0 (whose weights every install has).",
+    ),
+    "train_ratio image_size",
+    opt("classifier_max_epochs", "--max-epochs"),
+    opt("classifier_batch_size", "--batch-size"),
+    "seed per_class classes",
+    opt("classifier_lr", "--lr"),
+    "attention_epochs freeze_stages pretrained",
+    CACHE_DIR,
+    "progress",
+)
 def train_classifier_command(
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.pt).")],
-    classifier_method: Annotated[
-        str | None,
-        typer.Option("--method", help=option_help("classifier_method", f"One of {_methods()}.")),
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help=option_help("dataset", f"One of {', '.join(DATASET_KINDS)}."))
-    ] = None,
-    data_root: Annotated[
-        Path | None, typer.Option("--root", "--data-root", help=option_help("data_root"))
-    ] = None,
-    backbone: Annotated[
-        str | None,
-        typer.Option(
-            help=option_help(
-                "backbone",
-                f"One of {', '.join(list_backbones())}; default: resnet50 when its ImageNet "
-                "file is here, else efficientnet_lite0 (whose weights every install has).",
-            )
-        ),
-    ] = None,
-    train_ratio: Annotated[float | None, typer.Option(help=option_help("train_ratio"))] = None,
-    image_size: Annotated[int | None, typer.Option(help=option_help("image_size"))] = None,
-    classifier_max_epochs: Annotated[
-        int | None, typer.Option("--max-epochs", help=option_help("classifier_max_epochs"))
-    ] = None,
-    classifier_batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help=option_help("classifier_batch_size"))
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help=option_help("seed"))] = None,
-    per_class: Annotated[int | None, typer.Option(help=option_help("per_class"))] = None,
-    classes: Annotated[str | None, typer.Option(help=option_help("classes"))] = None,
-    classifier_lr: Annotated[
-        float | None, typer.Option("--lr", help=option_help("classifier_lr"))
-    ] = None,
-    attention_epochs: Annotated[
-        int | None, typer.Option(help=option_help("attention_epochs"))
-    ] = None,
-    freeze_stages: Annotated[int | None, typer.Option(help=option_help("freeze_stages"))] = None,
-    pretrained: Annotated[
-        bool | None, typer.Option("--pretrained/--no-pretrained", help=option_help("pretrained"))
-    ] = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option(help=option_help("cache_dir", "Caches (DDRL-AM Grad-CAM maps)."))
-    ] = None,
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help=option_help("progress"))
-    ] = None,
+    *,
+    overrides: SettingOverrides,
 ) -> None:
     """Train a scene classifier on the train part of a seeded stratified split."""
     from dataclasses import replace
@@ -79,25 +55,7 @@ def train_classifier_command(
     from model.classifiers.registry import get_method
     from model.classifiers.training import TrainConfig, train_classifier
 
-    settings = get_settings(
-        classifier_method=classifier_method,
-        dataset=dataset,
-        data_root=data_root,
-        backbone=backbone,
-        train_ratio=train_ratio,
-        image_size=image_size,
-        classifier_max_epochs=classifier_max_epochs,
-        classifier_batch_size=classifier_batch_size,
-        seed=seed,
-        per_class=per_class,
-        classes=classes,
-        classifier_lr=classifier_lr,
-        attention_epochs=attention_epochs,
-        freeze_stages=freeze_stages,
-        pretrained=pretrained,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
+    settings = get_settings(**overrides)
     method = settings.classifier_method
     dataset_kind = settings.dataset
     epochs = settings.classifier_max_epochs
@@ -166,33 +124,17 @@ def train_classifier_command(
 
 
 @app.command("evaluate-classifier")
+@setting_options(DATASET, DATA_ROOT, "repeats", CACHE_DIR, "progress")
 def evaluate_classifier_command(
     checkpoint: Annotated[Path, typer.Option(help="Classifier checkpoint (.pt).")],
     out: Annotated[Path, typer.Option(help="Folder for results.json and confusion matrices.")],
-    dataset: Annotated[
-        str | None, typer.Option(help=option_help("dataset", f"One of {', '.join(DATASET_KINDS)}."))
-    ] = None,
-    data_root: Annotated[
-        Path | None, typer.Option("--root", "--data-root", help=option_help("data_root"))
-    ] = None,
-    repeats: Annotated[int | None, typer.Option(help=option_help("repeats"))] = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option(help=option_help("cache_dir", "Caches (DDRL-AM Grad-CAM maps)."))
-    ] = None,
-    progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help=option_help("progress"))
-    ] = None,
+    *,
+    overrides: SettingOverrides,
 ) -> None:
     """OA, per-class accuracy and confusion matrix (JSON + PNG), mean +- std over splits."""
     from model.classifiers.evaluation import evaluate_classifier
 
-    settings = get_settings(
-        dataset=dataset,
-        data_root=data_root,
-        repeats=repeats,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
+    settings = get_settings(**overrides)
     results = evaluate_classifier(
         checkpoint,
         settings.dataset,

@@ -8,64 +8,29 @@ from typing import Annotated
 import typer
 
 from model.datasets import DATASET_KINDS
-from rsir_common.settings import get_settings, option_help
+from rsir_common.options import DATA_ROOT, SettingOverrides, opt, setting_options
+from rsir_common.settings import get_settings
 
 app = typer.Typer()
 
 
 @app.command()
+@setting_options(
+    opt("dataset", help=f"One of {', '.join(DATASET_KINDS)}."),
+    DATA_ROOT,
+    "backbone pooling attention image_size",
+    opt("train_batch_size", "--batch-size"),
+    "max_epochs ce_epochs lr warmup_steps min_scale margin negatives seed per_class pretrained",
+)
 def train(
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.pt).")],
-    dataset: Annotated[
-        str | None, typer.Option(help=option_help("dataset", f"One of {', '.join(DATASET_KINDS)}."))
-    ] = None,
-    data_root: Annotated[
-        Path | None, typer.Option("--root", "--data-root", help=option_help("data_root"))
-    ] = None,
-    backbone: Annotated[str | None, typer.Option(help=option_help("backbone"))] = None,
-    pooling: Annotated[str | None, typer.Option(help=option_help("pooling"))] = None,
-    attention: Annotated[
-        bool | None, typer.Option("--attention/--no-attention", help=option_help("attention"))
-    ] = None,
-    image_size: Annotated[int | None, typer.Option(help=option_help("image_size"))] = None,
-    train_batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help=option_help("train_batch_size"))
-    ] = None,
-    max_epochs: Annotated[int | None, typer.Option(help=option_help("max_epochs"))] = None,
-    ce_epochs: Annotated[int | None, typer.Option(help=option_help("ce_epochs"))] = None,
-    lr: Annotated[float | None, typer.Option(help=option_help("lr"))] = None,
-    warmup_steps: Annotated[int | None, typer.Option(help=option_help("warmup_steps"))] = None,
-    min_scale: Annotated[float | None, typer.Option(help=option_help("min_scale"))] = None,
-    margin: Annotated[float | None, typer.Option(help=option_help("margin"))] = None,
-    negatives: Annotated[int | None, typer.Option(help=option_help("negatives"))] = None,
-    seed: Annotated[int | None, typer.Option(help=option_help("seed"))] = None,
-    per_class: Annotated[int | None, typer.Option(help=option_help("per_class"))] = None,
-    pretrained: Annotated[
-        bool | None, typer.Option("--pretrained/--no-pretrained", help=option_help("pretrained"))
-    ] = None,
+    *,
+    overrides: SettingOverrides,
 ) -> None:
     """Train the embedder on the train split (80 %); resumes from its last epoch."""
     from model.train_embedder import TrainConfig, train_embedder
 
-    settings = get_settings(
-        dataset=dataset,
-        data_root=data_root,
-        backbone=backbone,
-        pooling=pooling,
-        attention=attention,
-        image_size=image_size,
-        train_batch_size=train_batch_size,
-        max_epochs=max_epochs,
-        ce_epochs=ce_epochs,
-        lr=lr,
-        warmup_steps=warmup_steps,
-        min_scale=min_scale,
-        margin=margin,
-        negatives=negatives,
-        seed=seed,
-        per_class=per_class,
-        pretrained=pretrained,
-    )
+    settings = get_settings(**overrides)
     weights = settings.imagenet_weights
     cfg = TrainConfig(
         dataset=settings.dataset,

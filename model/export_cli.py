@@ -7,40 +7,31 @@ from typing import Annotated
 
 import typer
 
-from rsir_common.settings import get_settings, option_help
+from rsir_common.options import SettingOverrides, opt, setting_options
+from rsir_common.settings import get_settings
 
 app = typer.Typer()
 
 
 @app.command("export")
+@setting_options(
+    opt("export_runtime", "--runtime"),
+    opt("int8", "--int8/--no-int8"),
+    "calibration calibration_count",
+    opt("parity_images", "--images"),
+    "parity_count",
+)
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Embedder or classifier checkpoint (.pt).")],
-    export_runtime: Annotated[
-        str | None, typer.Option("--runtime", help=option_help("export_runtime"))
-    ] = None,
-    int8: Annotated[bool | None, typer.Option("--int8/--no-int8", help=option_help("int8"))] = None,
-    calibration: Annotated[Path | None, typer.Option(help=option_help("calibration"))] = None,
-    calibration_count: Annotated[
-        int | None, typer.Option(help=option_help("calibration_count"))
-    ] = None,
-    parity_images: Annotated[
-        Path | None, typer.Option("--images", help=option_help("parity_images"))
-    ] = None,
-    parity_count: Annotated[int | None, typer.Option(help=option_help("parity_count"))] = None,
+    *,
+    overrides: SettingOverrides,
 ) -> None:
     """Export the whole network beside the checkpoint (<stem>.exports/), check it against torch
     on real images and record the result; exit 1 when the check fails (the export is then
     recorded as failed and never used)."""
     from model.export import ExportError, export_checkpoint
 
-    settings = get_settings(
-        export_runtime=export_runtime,
-        int8=int8,
-        calibration=calibration,
-        calibration_count=calibration_count,
-        parity_images=parity_images,
-        parity_count=parity_count,
-    )
+    settings = get_settings(**overrides)
     try:
         record, path = export_checkpoint(
             checkpoint,

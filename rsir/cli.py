@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from indexer.cli import app as indexer_app
@@ -12,7 +10,8 @@ from model.classifier_cli import app as classifier_app
 from model.cli import app as model_app
 from model.export_cli import app as export_app
 from rsir_common.logs import configure_logging
-from rsir_common.settings import get_settings, option_help
+from rsir_common.options import SettingOverrides, opt, setting_options
+from rsir_common.settings import get_settings
 from service.cli import app as service_app
 
 app = typer.Typer(
@@ -32,37 +31,19 @@ def _root() -> None:
 
 
 @app.command()
-def demo(
-    demo_train_epochs: int | None = typer.Option(
-        None, "--train-epochs", help=option_help("demo_train_epochs")
-    ),
-    demo_metric_epochs: int | None = typer.Option(
-        None, "--metric-epochs", help=option_help("demo_metric_epochs")
-    ),
-    demo_image_size: int | None = typer.Option(
-        None, "--image-size", help=option_help("demo_image_size")
-    ),
-    pretrained: bool | None = typer.Option(
-        None, "--pretrained/--no-pretrained", help=option_help("pretrained")
-    ),
-    demo_serve: bool | None = typer.Option(
-        None, "--serve/--no-serve", help=option_help("demo_serve")
-    ),
-    data_root: Path | None = typer.Option(
-        None, "--data-root", "--root", help=option_help("data_root")
-    ),
-) -> None:
+@setting_options(
+    opt("demo_train_epochs", "--train-epochs"),
+    opt("demo_metric_epochs", "--metric-epochs"),
+    opt("demo_image_size", "--image-size"),
+    "pretrained",
+    opt("demo_serve", "--serve/--no-serve"),
+    opt("data_root", "--data-root", "--root"),
+)
+def demo(*, overrides: SettingOverrides) -> None:
     """The main job: fine-tune the pretrained embedder on UCM, index it, evaluate, search."""
     from rsir.demo import run_demo
 
-    settings = get_settings(
-        demo_train_epochs=demo_train_epochs,
-        demo_metric_epochs=demo_metric_epochs,
-        demo_image_size=demo_image_size,
-        pretrained=pretrained,
-        demo_serve=demo_serve,
-        data_root=data_root,
-    )
+    settings = get_settings(**overrides)
     run_demo(
         settings,
         train_epochs=settings.demo_train_epochs,

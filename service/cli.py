@@ -6,12 +6,12 @@ Each flag overrides the setting of the same name (RSIR_* in the environment).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import typer
 
 from rsir_common.logs import configure_logging
-from rsir_common.settings import Settings, get_settings, option_help
+from rsir_common.options import SettingOverrides, opt, setting_options
+from rsir_common.settings import Settings, get_settings
 from service.serving import run_server, run_worker
 
 log = logging.getLogger(__name__)
@@ -26,52 +26,43 @@ def _configure_logging(settings: Settings) -> None:
 
 
 @app.command()
-def serve(
-    host: str | None = typer.Option(None, help=option_help("host", "Bind address.")),
-    port: int | None = typer.Option(None, help=option_help("port", "Port.")),
-    index_dir: Path | None = typer.Option(None, help=option_help("index_dir")),
-    checkpoint: Path | None = typer.Option(None, help=option_help("checkpoint")),
-    worker_url: str | None = typer.Option(
-        None,
-        help=option_help("worker_url", "A separate `rsir worker`; default: in this process."),
-    ),
-) -> None:
+@setting_options(
+    opt("host", help="Bind address."),
+    opt("port", help="Port."),
+    "index_dir checkpoint",
+    opt("worker_url", help="A separate `rsir worker`; default: in this process."),
+)
+def serve(*, overrides: SettingOverrides) -> None:
     """Run the HTTP API (and, by default, the inference worker in the same process)."""
-    settings = get_settings(
-        host=host, port=port, index_dir=index_dir, checkpoint=checkpoint, worker_url=worker_url
-    )
+    settings = get_settings(**overrides)
     _configure_logging(settings)
     run_server(settings)
 
 
 @app.command()
-def worker(
-    worker_host: str | None = typer.Option(
-        None, "--host", help=option_help("worker_host", "Bind address.")
-    ),
-    worker_port: int | None = typer.Option(
-        None, "--port", help=option_help("worker_port", "Port.")
-    ),
-    index_dir: Path | None = typer.Option(None, help=option_help("index_dir")),
-    checkpoint: Path | None = typer.Option(None, help=option_help("checkpoint")),
-) -> None:
+@setting_options(
+    opt("worker_host", "--host", help="Bind address."),
+    opt("worker_port", "--port", help="Port."),
+    "index_dir checkpoint",
+)
+def worker(*, overrides: SettingOverrides) -> None:
     """Run the inference worker as its own process: queries from the API, jobs from the DB."""
-    settings = get_settings(
-        worker_host=worker_host, worker_port=worker_port, index_dir=index_dir, checkpoint=checkpoint
-    )
+    settings = get_settings(**overrides)
     _configure_logging(settings)
     run_worker(settings)
 
 
 @db_app.command("upgrade")
+@setting_options(opt("db_url", "--db-url", "--db"))
 def db_upgrade(
-    db_url: str | None = typer.Option(None, "--db-url", "--db", help=option_help("db_url")),
+    *,
+    overrides: SettingOverrides,
     revision: str = typer.Option("head", help="Alembic revision to upgrade to."),
 ) -> None:
     """Create or migrate the metadata DB schema (Alembic `upgrade head`)."""
     from indexer.db import upgrade_db
 
-    settings = get_settings(db_url=db_url)
+    settings = get_settings(**overrides)
     _configure_logging(settings)
     url = settings.resolved_db_url()
     upgrade_db(url, revision)
