@@ -24,6 +24,7 @@ import torch
 
 from bench.common import DATA_ROOT, write_report
 from indexer.embedding import load_embedding_model
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from model.backbones import default_backbone
 from model.checkpoint import embedder_checkpoint, save_checkpoint
@@ -69,12 +70,14 @@ def pipeline(
         started = time.perf_counter()
         summary = index_source(
             source,
-            checkpoint_path=ckpt_path,
-            index_dir=work,
-            batch_size=batch_size,
-            num_workers=workers,
-            commit_every=1024,
-            runtime=runtime,
+            ckpt_path,
+            IndexOptions(
+                index_dir=work,
+                batch_size=batch_size,
+                num_workers=workers,
+                commit_every=1024,
+                runtime=runtime,
+            ),
         )
         elapsed = time.perf_counter() - started
         return summary.added / elapsed, summary.added

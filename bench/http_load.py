@@ -158,13 +158,15 @@ def resolved_runtime(checkpoint: Path, runtime: str) -> str:
 
 def build_index(source: Path, checkpoint: Path, index_dir: Path) -> dict[str, Any]:
     """Index every UCM image (a re-run finds them indexed and adds nothing)."""
+    from indexer.options import IndexOptions
     from indexer.pipeline import index_source
 
     started = time.perf_counter()
     summary = index_source(
-        source, checkpoint_path=checkpoint, index_dir=index_dir, batch_size=32, num_workers=1,
-        device="cpu",
-    )  # fmt: skip
+        source,
+        checkpoint,
+        IndexOptions(index_dir=index_dir, batch_size=32, num_workers=1, device="cpu"),
+    )
     return {
         "seconds": round(time.perf_counter() - started, 1),
         "added": summary.added,

@@ -99,15 +99,23 @@ def make_checkpoint(path: Path) -> str:
 
 def child(scene: Path, checkpoint: Path, workers: int, batch_size: int) -> dict[str, Any]:
     """Index the scene in this (fresh) process; tiles/s and peak RSS of it and its workers."""
+    from indexer.options import IndexOptions
     from indexer.pipeline import index_source
 
     work = Path(tempfile.mkdtemp(prefix="rsir-scene-index-"))
     try:
         started = time.perf_counter()
         summary = index_source(
-            scene, checkpoint_path=checkpoint, index_dir=work, batch_size=batch_size,
-            num_workers=workers, device="cpu", commit_every=COMMIT_EVERY,
-        )  # fmt: skip
+            scene,
+            checkpoint,
+            IndexOptions(
+                index_dir=work,
+                batch_size=batch_size,
+                num_workers=workers,
+                device="cpu",
+                commit_every=COMMIT_EVERY,
+            ),
+        )
         elapsed = time.perf_counter() - started
     finally:
         shutil.rmtree(work, ignore_errors=True)

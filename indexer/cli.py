@@ -49,6 +49,7 @@ def index(
     """Add every new image of SRC to the index (re-runs add nothing; interrupted runs resume);
     with --whitening, whitened and reduced vectors (the index then whitens its queries)."""
     from indexer.db import SchemaOutOfDateError
+    from indexer.options import IndexOptions
     from indexer.pipeline import index_source
     from indexer.scenes import SceneError, TileOptions, parse_bands
     from indexer.store import IndexTrainingError, ModelMismatchError
@@ -68,27 +69,11 @@ def index(
         )
     except SceneError as exc:
         raise _fail(str(exc)) from None
+    options = IndexOptions.from_settings(settings)
     try:
         with progress_bar(f"indexing {src.name}") as progress:
             summary = index_source(
-                src,
-                checkpoint_path=settings.checkpoint,
-                index_dir=settings.index_dir,
-                db_url=settings.resolved_db_url(),
-                factory=settings.index_factory,
-                batch_size=settings.batch_size,
-                num_workers=settings.num_workers,
-                device=settings.device,
-                runtime=settings.runtime,
-                max_pixels=settings.max_pixels,
-                commit_every=settings.commit_every,
-                tiles=tiles,
-                progress=progress,
-                whitening=settings.whitening,
-                vector_engine=settings.vector_engine,
-                milvus_uri=settings.milvus_uri,
-                milvus_collection=settings.milvus_collection,
-                ray_address=settings.ray_address,
+                src, settings.checkpoint, options, tiles=tiles, progress=progress
             )
     except (
         ModelMismatchError,

@@ -27,11 +27,11 @@ from indexer.engines import VectorIndex, open_index
 from indexer.index_model import MODEL_FILE as MODEL_FILE  # where it was
 from indexer.index_model import read_model_file as read_model_file
 from indexer.index_model import whitening_for_indexing, write_model_file
+from indexer.options import IndexOptions
 from indexer.scenes import TileOptions, TileSkipped, describe_scene, open_scene
 from indexer.sources import Entry, SourceReader, canonical_source, list_entries, source_kind
 from model.imageio import decode_image, max_file_bytes
 from model.whitening import Whitening, descriptor_fingerprint
-from rsir_common.settings import MAX_PIXELS, sqlite_url_for
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]
@@ -118,18 +118,17 @@ Batches = Iterator[tuple[list[_Decoded], np.ndarray | None]]
 
 
 def _local_batches(
-    reader: SourceReader, todo: list[Entry], model: EmbeddingModel, max_pixels: int,
-    batch_size: int, num_workers: int,
-) -> Batches:  # fmt: skip
+    reader: SourceReader, todo: list[Entry], model: EmbeddingModel, options: IndexOptions
+) -> Batches:
     """Decoded entries (DataLoader workers) and the descriptors of the good ones."""
     loader = DataLoader(
-        _EntryDataset(reader, todo, model.transform, max_pixels),
-        batch_size=batch_size,
-        num_workers=num_workers,
+        _EntryDataset(reader, todo, model.transform, options.max_pixels),
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
         collate_fn=_collate,
         persistent_workers=False,
         pin_memory=model.pin_memory,
-        prefetch_factor=4 if num_workers else None,
+        prefetch_factor=4 if options.num_workers else None,
     )
     for batch in loader:
         good = [item.tensor for item in batch if item.tensor is not None]
@@ -144,17 +143,15 @@ class _RayJob:
     checkpoint: Path
     source: Path
     tiles: TileOptions | None
-    device: str
-    runtime: str = "auto"
     whitening: Whitening | None = None  # applied here: the actors return raw descriptors
 
-    def batches(self, todo: list[Entry], max_pixels: int, batch_size: int) -> Batches:
+    def batches(self, todo: list[Entry], options: IndexOptions) -> Batches:
         from indexer.distributed import ray_batches
 
         for results in ray_batches(
             self.address, todo, checkpoint=self.checkpoint, source=self.source,
-            tiles=self.tiles, max_pixels=max_pixels, device=self.device, runtime=self.runtime,
-            batch_size=batch_size,
+            tiles=self.tiles, max_pixels=options.max_pixels, device=options.device,
+            runtime=options.runtime, batch_size=options.batch_size,
         ):  # fmt: skip
             items = [
                 _Decoded(
@@ -178,51 +175,39 @@ class _RayJob:
 
 def index_source(
     source: Path | str,
-    *,
     checkpoint_path: Path,
-    index_dir: Path,
-    db_url: str | None = None,
-    factory: str = "Flat",
-    batch_size: int = 32,
-    num_workers: int = 2,
-    commit_every: int = 2048,
-    train_size: int = 65536,
-    device: str = "auto",
-    runtime: str = "auto",
-    max_pixels: int = MAX_PIXELS,
+    options: IndexOptions,
+    *,
     tiles: TileOptions | None = None,
     progress: ProgressFn | None = None,
-    whitening: Path | None = None,
-    vector_engine: str | None = None,
-    milvus_uri: str | None = None,
-    milvus_collection: str = "rsir",
-    ray_address: str | None = None,
 ) -> IndexSummary:
-    """Index every new image of `source`; safe to interrupt and re-run.
+    """Index every new image of `source` into `options.index_dir`; safe to interrupt and re-run.
 
     A GeoTIFF scene is cut into tiles as `tiles` says (size, stride, resolution, bands).
-    With `whitening` (an `rsir whiten` artifact of this checkpoint), or when the index already
-    uses one, vectors are whitened and reduced before they enter the index.
+    With `options.whitening` (an `rsir whiten` artifact of this checkpoint), or when the index
+    already uses one, vectors are whitened and reduced before they enter the index.
     """
     source_path = Path(source)
     canonical = canonical_source(source_path)
-    index_dir = Path(index_dir)
+    index_dir = Path(options.index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
-    url = db_url or sqlite_url_for(index_dir)
+    url = options.resolved_db_url()
     prepare_schema(url)
     engine = make_engine(url)
-    model, ckpt = load_embedding_model(checkpoint_path, device, runtime)
-    whitener = whitening_for_indexing(index_dir, ckpt.fingerprint, whitening)
+    model, ckpt = load_embedding_model(checkpoint_path, options.device, options.runtime)
+    whitener = whitening_for_indexing(index_dir, ckpt.fingerprint, options.whitening)
     model = model.with_whitening(whitener)
     fingerprint = descriptor_fingerprint(ckpt.fingerprint, whitener)
     summary = IndexSummary(source=canonical, fingerprint=fingerprint, dim=model.dim)
     try:
         with open_index(
-            index_dir, engine, fingerprint, model.dim, factory, writable=True,
-            vector_engine=vector_engine, milvus_uri=milvus_uri,
-            milvus_collection=milvus_collection,
+            index_dir, engine, fingerprint, model.dim, options.index_factory, writable=True,
+            vector_engine=options.vector_engine, milvus_uri=options.milvus_uri,
+            milvus_collection=options.milvus_collection,
         ) as store:  # fmt: skip
-            write_model_file(index_dir, checkpoint_path, ckpt.fingerprint, whitener, whitening)
+            write_model_file(
+                index_dir, checkpoint_path, ckpt.fingerprint, whitener, options.whitening
+            )
             listing = list_entries(source_path, tiles)
             if source_kind(source_path) == "geotiff":
                 summary.scene_id = record_scene(engine, source_path, canonical, tiles)
@@ -240,25 +225,15 @@ def index_source(
             todo = [e for e in listing.entries if e.path not in known]
             summary.skipped_existing = len(listing.entries) - len(todo)
             store.choose_factory(len(todo))  # `--index auto`: by the archive's size
-            _embed_and_add(
-                store,
-                model,
-                SourceReader(source_path, tiles, max_entry_bytes=max_file_bytes(max_pixels)),
-                todo,
-                canonical,
-                summary,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                commit_every=commit_every,
-                train_size=train_size,
-                max_pixels=max_pixels,
-                progress=progress,
-                ray=_RayJob(
-                    ray_address, checkpoint_path, source_path, tiles, device, runtime, whitener
-                )
-                if ray_address
-                else None,
+            reader = SourceReader(
+                source_path, tiles, max_entry_bytes=max_file_bytes(options.max_pixels)
             )
+            ray = (
+                _RayJob(options.ray_address, checkpoint_path, source_path, tiles, whitener)
+                if options.ray_address
+                else None
+            )
+            _embed_and_add(store, model, reader, todo, canonical, summary, options, progress, ray)
             summary.index_total = store.ntotal
             summary.index_version = store.version
     finally:
@@ -290,12 +265,7 @@ def _embed_and_add(
     todo: list[Entry],
     canonical: str,
     summary: IndexSummary,
-    *,
-    batch_size: int,
-    num_workers: int,
-    commit_every: int,
-    train_size: int,
-    max_pixels: int,
+    options: IndexOptions,
     progress: ProgressFn | None,
     ray: _RayJob | None = None,
 ) -> None:
@@ -303,13 +273,12 @@ def _embed_and_add(
         if progress:
             progress(0, 0)
         return
+    train_size = options.train_size
     if store.needs_training():  # train on a random sample of the archive, not its first files
         todo = random.Random(0).sample(todo, len(todo))
         train_size = max(train_size, store.min_training_vectors())
     stream = (
-        _local_batches(reader, todo, model, max_pixels, batch_size, num_workers)
-        if ray is None
-        else ray.batches(todo, max_pixels, batch_size)
+        _local_batches(reader, todo, model, options) if ray is None else ray.batches(todo, options)
     )
     pending_rows: list[ImageRow] = []
     pending_vectors: list[np.ndarray] = []
@@ -355,7 +324,7 @@ def _embed_and_add(
                 for item in good
             )
         done += len(batch)
-        if len(pending_rows) >= commit_every:
+        if len(pending_rows) >= options.commit_every:
             flush(final=False)
         if progress:
             progress(done, len(todo))

@@ -49,6 +49,7 @@ def run_demo(
     """Each step is skipped when its result is already there, so a re-run is quick."""
     from indexer.evaluate import format_results_table
     from indexer.evaluate_index import evaluate_index
+    from indexer.options import IndexOptions
     from indexer.pipeline import index_source
     from indexer.search import Searcher
     from model.datasets import DatasetNotFoundError, discover_dataset
@@ -93,18 +94,12 @@ def run_demo(
         typer.echo(f"[2/4] using the checkpoint {checkpoint}")
 
     typer.echo(f"[3/4] indexing {ucm.root} into {settings.index_dir}")
+    # The demo's own index: Flat, unwhitened, embedded here, in the engine that made it.
+    options = IndexOptions.from_settings(
+        settings, index_factory="Flat", whitening=None, vector_engine=None, ray_address=None
+    )
     with progress_bar("indexing") as progress:
-        summary = index_source(
-            ucm.root,
-            checkpoint_path=checkpoint,
-            index_dir=settings.index_dir,
-            db_url=settings.resolved_db_url(),
-            batch_size=settings.batch_size,
-            num_workers=settings.num_workers,
-            device=settings.device,
-            max_pixels=settings.max_pixels,
-            progress=progress,
-        )
+        summary = index_source(ucm.root, checkpoint, options, progress=progress)
     typer.echo(
         f"      added {summary.added}, already indexed {summary.skipped_existing}, "
         f"corrupt {summary.corrupt}; index holds {summary.index_total}"

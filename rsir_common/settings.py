@@ -7,7 +7,7 @@ and the database live; each reads the fields it needs from here and nothing else
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -266,6 +266,20 @@ def get_settings(**overrides: object) -> Settings:
     """Settings from the environment, with CLI overrides (None values are ignored)."""
     clean = {k: v for k, v in overrides.items() if v is not None}
     return Settings(**clean)  # type: ignore[arg-type]
+
+
+class FromSettings:
+    """Base of a job's options dataclass whose fields are named as the settings they take:
+    `from_settings` fills each field that has a setting of its name from the one Settings
+    object (fields without one keep their defaults); `overrides` win, for what a caller
+    decides itself (a job's own dataset, the demo's Flat index)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # set by @dataclass on each subclass
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> Self:
+        names = [name for name in cls.__dataclass_fields__ if name in Settings.model_fields]
+        return cls(**{**{name: getattr(settings, name) for name in names}, **overrides})
 
 
 def option_help(field: str, text: str | None = None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from indexer.options import IndexOptions
 from indexer.scenes import TileOptions
 from rsir_common.settings import Settings
 from service.runner import Handler, JobContext, JobOutcome
@@ -64,25 +65,11 @@ def make_handlers(settings: Settings, retrieval: SearchEngine) -> dict[str, Hand
         params = ctx.claim.params
         checkpoint = retrieval.embedder_checkpoint_for(None)
         source = resolve_inside(params["source"], settings.data_root)
-        summary = index_source(
-            source,
-            checkpoint_path=checkpoint,
-            index_dir=settings.index_dir,
-            db_url=settings.resolved_db_url(),
-            factory=params.get("factory") or settings.index_factory,
-            batch_size=settings.batch_size,
-            num_workers=settings.num_workers,
-            device=settings.device,
-            runtime=settings.runtime,
-            max_pixels=settings.max_pixels,
-            commit_every=settings.commit_every,
-            tiles=tile_options(params.get("tiles")),
-            progress=ctx.report,
-            whitening=settings.whitening,
-            vector_engine=settings.vector_engine,
-            milvus_uri=settings.milvus_uri,
-            milvus_collection=settings.milvus_collection,
-        )
+        # The job's factory, if it names one; embedded on this worker (never on Ray).
+        factory = params.get("factory") or settings.index_factory
+        options = IndexOptions.from_settings(settings, index_factory=factory, ray_address=None)
+        tiles = tile_options(params.get("tiles"))
+        summary = index_source(source, checkpoint, options, tiles=tiles, progress=ctx.report)
         retrieval.refresh_index()
         return JobOutcome(summary.to_dict())
 

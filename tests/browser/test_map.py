@@ -53,6 +53,7 @@ class GeoService:
 @pytest.fixture(scope="module")
 def geo_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GeoService]:
     """The real COG indexed with a small embedder, served by the app under uvicorn."""
+    from indexer.options import IndexOptions
     from indexer.pipeline import index_source
 
     if not COG.is_file():
@@ -61,7 +62,7 @@ def geo_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GeoService
     checkpoint = make_checkpoint(work / "embedder.pt", [])
     index_dir = work / "index"
     summary = index_source(
-        COG, checkpoint_path=checkpoint, index_dir=index_dir, num_workers=0, device="cpu"
+        COG, checkpoint, IndexOptions(index_dir=index_dir, num_workers=0, device="cpu")
     )
     assert summary.index_total == TILES, summary
     port = free_port()

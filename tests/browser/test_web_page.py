@@ -103,6 +103,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
 @pytest.fixture(scope="session")
 def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     """Index a few real UCM images per class with a small embedder, then serve them."""
+    from indexer.options import IndexOptions
     from indexer.pipeline import index_source
 
     work = tmp_path_factory.mktemp("browser-service")
@@ -111,9 +112,10 @@ def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServi
     checkpoint = make_checkpoint(work / "embedder.pt", classes)
     index_dir = work / "index"
     summary = index_source(
-        archive, checkpoint_path=checkpoint, index_dir=index_dir, batch_size=16,
-        num_workers=0, device="cpu",
-    )  # fmt: skip
+        archive,
+        checkpoint,
+        IndexOptions(index_dir=index_dir, batch_size=16, num_workers=0, device="cpu"),
+    )
     assert summary.index_total == PER_CLASS * len(classes), summary
 
     port = free_port()

@@ -31,6 +31,7 @@ RUNNER = r"""
 import json, resource, sys
 from pathlib import Path
 
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from indexer.sources import EntryError
 from service.errors import PayloadTooLargeError
@@ -49,8 +50,8 @@ def peaks():
     return {"self_kib": own, "children_kib": workers}
 
 def index(source, where):
-    return index_source(source, checkpoint_path=ckpt, index_dir=where, num_workers=1,
-                        batch_size=4, device="cpu").to_dict()
+    options = IndexOptions(index_dir=where, num_workers=1, batch_size=4, device="cpu")
+    return index_source(source, ckpt, options).to_dict()
 
 # Warm up (torch, the model, a DataLoader worker), then start the peak from the current RSS.
 index(Path(args["warmup"]), Path(args["index_dir"]) / "warmup")

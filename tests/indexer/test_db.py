@@ -17,6 +17,7 @@ from indexer.db import (
     make_sessionmaker,
     upgrade_db,
 )
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from tests.conftest import ucm_files
 
@@ -57,16 +58,13 @@ def test_only_the_embedded_sqlite_db_is_migrated_by_an_index_run(
     folder.mkdir(parents=True)
     for src in ucm_files("beach", 2):
         shutil.copy(src, folder / src.name)
-    run = {
-        "checkpoint_path": other_checkpoint, "index_dir": tmp_path / "index", "db_url": db_url,
-        "num_workers": 0, "device": "cpu",
-    }  # fmt: skip
+    options = IndexOptions(index_dir=tmp_path / "index", db_url=db_url, num_workers=0, device="cpu")
     if db_url.startswith("postgresql"):
         with pytest.raises(SchemaOutOfDateError, match="rsir db upgrade"):
-            index_source(tmp_path / "images", **run)  # type: ignore[arg-type]
+            index_source(tmp_path / "images", other_checkpoint, options)
         engine = make_engine(db_url)
         assert not inspect(engine).get_table_names()  # nothing was created
         engine.dispose()
         upgrade_db(db_url)
-    summary = index_source(tmp_path / "images", **run)  # type: ignore[arg-type]
+    summary = index_source(tmp_path / "images", other_checkpoint, options)
     assert summary.added == 2

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from indexer.embedding import EmbeddingModel, load_embedding_model
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from indexer.search import Searcher
 from model.checkpoint import load_embedder
@@ -55,10 +56,8 @@ def test_an_index_made_with_torch_is_served_by_the_export(
     """Same fingerprint: the export searches the torch-made index and finds each image first."""
     summary = index_source(
         folder,
-        checkpoint_path=exported_checkpoint,
-        index_dir=tmp_path,
-        num_workers=0,
-        runtime="torch",
+        exported_checkpoint,
+        IndexOptions(index_dir=tmp_path, num_workers=0, runtime="torch"),
     )
     assert summary.added == 12
     searcher = Searcher.open(tmp_path, exported_checkpoint, runtime="onnx")

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from indexer.feedback import Feedback
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from rsir.cli import app
 from tests.conftest import ucm_files
@@ -30,9 +31,10 @@ def index_dir(
 ) -> Path:
     out = tmp_path_factory.mktemp("feedback-index")
     summary = index_source(
-        small_folder, checkpoint_path=trained_checkpoint, index_dir=out, batch_size=16,
-        num_workers=0, device="cpu",
-    )  # fmt: skip
+        small_folder,
+        trained_checkpoint,
+        IndexOptions(index_dir=out, batch_size=16, num_workers=0, device="cpu"),
+    )
     assert summary.added == 40
     return out
 

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from indexer.db import ImageRow, make_engine, make_sessionmaker
 from indexer.engines import open_index
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from indexer.search import Searcher
 from indexer.store import ModelMismatchError
@@ -81,15 +82,23 @@ def test_milvus_index_search_remove(
 
     with pytest.raises(ModelMismatchError):  # the same DB and collection, another model
         index_source(
-            small_folder / "beach", checkpoint_path=other_checkpoint, index_dir=index_dir,
-            num_workers=0, vector_engine="milvus", milvus_uri=str(uri),
-        )  # fmt: skip
+            small_folder / "beach",
+            other_checkpoint,
+            IndexOptions(
+                index_dir=index_dir, num_workers=0, vector_engine="milvus", milvus_uri=str(uri)
+            ),
+        )
     with pytest.raises(ModelMismatchError):  # a fresh DB cannot adopt another model's collection
         index_source(
-            small_folder / "beach", checkpoint_path=other_checkpoint,
-            index_dir=tmp_path / "other", num_workers=0, vector_engine="milvus",
-            milvus_uri=str(uri),
-        )  # fmt: skip
+            small_folder / "beach",
+            other_checkpoint,
+            IndexOptions(
+                index_dir=tmp_path / "other",
+                num_workers=0,
+                vector_engine="milvus",
+                milvus_uri=str(uri),
+            ),
+        )
 
 
 def test_milvus_run_killed_mid_index_converges(trained_checkpoint: Path, tmp_path: Path) -> None:

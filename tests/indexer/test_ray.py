@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from indexer.db import ImageRow, make_engine, make_sessionmaker
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from indexer.store import IndexStore
 from tests.conftest import make_class_folder
@@ -40,15 +41,19 @@ def test_ray_indexing_gives_the_single_process_vectors(
     (folder / "beach" / "notes.txt").write_text("not an image")  # listed as non-image
     (folder / "forest" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")  # skipped, counted
     local = index_source(
-        folder, checkpoint_path=trained_checkpoint, index_dir=tmp_path / "local",
-        num_workers=0, batch_size=8,
-    )  # fmt: skip
+        folder,
+        trained_checkpoint,
+        IndexOptions(index_dir=tmp_path / "local", num_workers=0, batch_size=8),
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         remote = index_source(
-            folder, checkpoint_path=trained_checkpoint, index_dir=tmp_path / "ray",
-            batch_size=8, commit_every=16, ray_address="local",
-        )  # fmt: skip
+            folder,
+            trained_checkpoint,
+            IndexOptions(
+                index_dir=tmp_path / "ray", batch_size=8, commit_every=16, ray_address="local"
+            ),
+        )
     finally:
         ray.shutdown()
     assert remote.added == local.added == 40 and remote.non_image == 1

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from indexer.db import ImageRow, make_engine, make_sessionmaker, upgrade_db
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from indexer.search import Searcher
 from indexer.store import IndexStore, ModelMismatchError
@@ -112,10 +113,7 @@ def test_search_with_another_models_checkpoint_is_refused(
 ) -> None:
     index_dir = tmp_path / "idx"
     index_source(
-        small_folder / "beach",
-        checkpoint_path=trained_checkpoint,
-        index_dir=index_dir,
-        num_workers=0,
+        small_folder / "beach", trained_checkpoint, IndexOptions(index_dir=index_dir, num_workers=0)
     )
     query = next((small_folder / "beach").iterdir())
     result = runner.invoke(
@@ -137,9 +135,8 @@ def test_search_with_another_models_checkpoint_is_refused(
     with pytest.raises(ModelMismatchError):
         index_source(
             small_folder / "forest",
-            checkpoint_path=other_checkpoint,
-            index_dir=index_dir,
-            num_workers=0,
+            other_checkpoint,
+            IndexOptions(index_dir=index_dir, num_workers=0),
         )
 
 
@@ -156,7 +153,7 @@ def test_zip_with_corrupt_and_text_files_skips_and_counts(
         zf.writestr("forest/notes.txt", "field notes, not an image")
         zf.writestr("beach/fake.png", b"this is text with an image name")
     summary = index_source(
-        archive, checkpoint_path=trained_checkpoint, index_dir=tmp_path / "idx", num_workers=1
+        archive, trained_checkpoint, IndexOptions(index_dir=tmp_path / "idx", num_workers=1)
     )
     assert summary.added == 3
     assert summary.corrupt == 2 and summary.non_image == 1
@@ -173,7 +170,7 @@ def test_tar_gz_and_geotiff_scene_sources(trained_checkpoint: Path, tmp_path: Pa
         for path in ucm_files("beach", 4):
             tf.add(path, arcname=f"UCMerced_LandUse/Images/beach/{path.name}")
     summary = index_source(
-        archive, checkpoint_path=trained_checkpoint, index_dir=tmp_path / "idx", num_workers=1
+        archive, trained_checkpoint, IndexOptions(index_dir=tmp_path / "idx", num_workers=1)
     )
     assert summary.added == 4
     # A 512 x 512 16-bit 4-band "scene" made of four real images -> four 256-px tiles
@@ -184,7 +181,7 @@ def test_tar_gz_and_geotiff_scene_sources(trained_checkpoint: Path, tmp_path: Pa
     scene_path = tmp_path / "scene.tif"
     tifffile.imwrite(scene_path, scene, photometric="minisblack", planarconfig="contig")
     summary = index_source(
-        scene_path, checkpoint_path=trained_checkpoint, index_dir=tmp_path / "idx", num_workers=1
+        scene_path, trained_checkpoint, IndexOptions(index_dir=tmp_path / "idx", num_workers=1)
     )
     assert summary.added == 4 and summary.corrupt == 0
     from indexer.sources import read_entry
@@ -227,12 +224,10 @@ def test_store_agrees_with_db_on_both_databases(
     index_dir = tmp_path / "idx"
     summary = index_source(
         small_folder / "agricultural",
-        checkpoint_path=trained_checkpoint,
-        index_dir=index_dir,
-        db_url=db_url,
-        num_workers=0,
-        batch_size=4,
-        commit_every=4,
+        trained_checkpoint,
+        IndexOptions(
+            index_dir=index_dir, db_url=db_url, num_workers=0, batch_size=4, commit_every=4
+        ),
     )
     assert summary.added == 10 and summary.index_version >= 3
     db_ids, index_ids = db_ids_and_index_ids(index_dir, db_url)
@@ -251,10 +246,8 @@ def test_failed_index_write_rolls_back(
     index_dir = tmp_path / "idx"
     index_source(
         small_folder / "beach",
-        checkpoint_path=trained_checkpoint,
-        index_dir=index_dir,
-        db_url=db_url,
-        num_workers=0,
+        trained_checkpoint,
+        IndexOptions(index_dir=index_dir, db_url=db_url, num_workers=0),
     )
 
     def disk_full(*_args: object) -> None:
@@ -264,10 +257,8 @@ def test_failed_index_write_rolls_back(
     with pytest.raises(OSError, match="No space"):
         index_source(
             small_folder / "forest",
-            checkpoint_path=trained_checkpoint,
-            index_dir=index_dir,
-            db_url=db_url,
-            num_workers=0,
+            trained_checkpoint,
+            IndexOptions(index_dir=index_dir, db_url=db_url, num_workers=0),
         )
     monkeypatch.undo()
     engine = make_engine(db_url)
@@ -278,10 +269,8 @@ def test_failed_index_write_rolls_back(
     assert db_ids == index_ids and len(db_ids) == 10
     resumed = index_source(
         small_folder / "forest",
-        checkpoint_path=trained_checkpoint,
-        index_dir=index_dir,
-        db_url=db_url,
-        num_workers=0,
+        trained_checkpoint,
+        IndexOptions(index_dir=index_dir, db_url=db_url, num_workers=0),
     )
     assert resumed.added == 10 and resumed.index_total == 20
 

@@ -27,6 +27,7 @@ from indexer.area import BBox, ids_in_bbox
 from indexer.cli import app as cli_app
 from indexer.db import ImageRow, SceneRow, make_engine, make_sessionmaker, upgrade_db
 from indexer.geoquery import decode_query, place_image
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from indexer.scenes import SceneError, TileOptions, TileSpec, parse_bands, scene_tile_names
 from indexer.search import Searcher
@@ -84,9 +85,10 @@ def geo_index(other_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
     index_dir = tmp_path_factory.mktemp("geo-index")
     for scene in (COG, LANDSAT):
         summary = index_source(
-            scene, checkpoint_path=other_checkpoint, index_dir=index_dir, num_workers=0,
-            batch_size=8, device="cpu",
-        )  # fmt: skip
+            scene,
+            other_checkpoint,
+            IndexOptions(index_dir=index_dir, num_workers=0, batch_size=8, device="cpu"),
+        )
         assert summary.corrupt == 0 and summary.scene_id is not None, summary
     return index_dir
 
@@ -124,18 +126,20 @@ def test_cog_is_cut_whole_and_landsat_nodata_border_tiles_are_skipped_and_counte
     }  # fmt: skip
     assert expected_skipped  # the rotated scene leaves corner tiles outside the image
     summary = index_source(
-        LANDSAT, checkpoint_path=other_checkpoint, index_dir=tmp_path / "idx", num_workers=0,
-        device="cpu",
-    )  # fmt: skip
+        LANDSAT,
+        other_checkpoint,
+        IndexOptions(index_dir=tmp_path / "idx", num_workers=0, device="cpu"),
+    )
     assert summary.skipped_nodata == len(expected_skipped)
     assert summary.added == len(names) - len(expected_skipped)
     indexed = {row.path for row in rows_of(tmp_path / "idx", LANDSAT)}
     assert indexed == set(names) - expected_skipped
     # A stricter threshold skips more; a re-run adds nothing and skips the same tiles again.
     again = index_source(
-        LANDSAT, checkpoint_path=other_checkpoint, index_dir=tmp_path / "idx", num_workers=0,
-        device="cpu",
-    )  # fmt: skip
+        LANDSAT,
+        other_checkpoint,
+        IndexOptions(index_dir=tmp_path / "idx", num_workers=0, device="cpu"),
+    )
     assert again.added == 0 and again.skipped_nodata == len(expected_skipped)
 
 
@@ -205,9 +209,11 @@ def test_twelve_bit_scene_stretch_is_recorded_and_applied_to_queries(
     scene = scaled_scene(tmp_path / "scene12.tif")
     index_dir = tmp_path / "idx"
     summary = index_source(
-        scene, checkpoint_path=other_checkpoint, index_dir=index_dir, num_workers=0,
-        device="cpu", tiles=TileOptions(bands=(3, 2, 1)),
-    )  # fmt: skip
+        scene,
+        other_checkpoint,
+        IndexOptions(index_dir=index_dir, num_workers=0, device="cpu"),
+        tiles=TileOptions(bands=(3, 2, 1)),
+    )
     assert summary.added == 16
     engine = make_engine(f"sqlite:///{index_dir / 'metadata.db'}")
     with make_sessionmaker(engine)() as session:

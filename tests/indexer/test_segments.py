@@ -360,19 +360,19 @@ def test_compressed_segments_rerank_exactly_from_mapped_vectors(tmp_path: Path) 
 def test_indexing_trains_on_a_random_sample_of_the_archive(
     small_folder: Path, trained_checkpoint: Path, tmp_path: Path
 ) -> None:
+    from indexer.options import IndexOptions
     from indexer.pipeline import index_source
 
     index_dir = tmp_path / "idx"
-    summary = index_source(
-        small_folder,
-        checkpoint_path=trained_checkpoint,
+    options = IndexOptions(
         index_dir=index_dir,
-        factory="IVF1,Flat",  # needs 30 training vectors; train_size asks for only 8
+        index_factory="IVF1,Flat",  # needs 30 training vectors; train_size asks for only 8
         num_workers=0,
         batch_size=4,
         commit_every=4,
         train_size=8,
     )
+    summary = index_source(small_folder, trained_checkpoint, options)
     assert summary.added == 40
     engine = make_engine(f"sqlite:///{index_dir / 'metadata.db'}")
     with make_sessionmaker(engine)() as session:

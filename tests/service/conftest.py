@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from indexer.db import upgrade_db
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from model.checkpoint import Checkpoint, embedder_checkpoint, fingerprint, save_checkpoint
 from model.classifiers.registry import build_classifier, classifier_config
@@ -134,9 +135,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     _save_classifier(classifiers[1], "pcl", 2)
     index_dir = root / "index"
     summary = index_source(
-        collection, checkpoint_path=checkpoint, index_dir=index_dir, batch_size=16, num_workers=0,
-        device="cpu",
-    )  # fmt: skip
+        collection,
+        checkpoint,
+        IndexOptions(index_dir=index_dir, batch_size=16, num_workers=0, device="cpu"),
+    )
     assert summary.added == len(CLASSES) * PER_CLASS
     sample = sorted((collection / CLASSES[0]).iterdir())[0]
     return World(root, data_root, collection, checkpoint, classifiers, index_dir, fp, sample)

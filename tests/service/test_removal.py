@@ -22,6 +22,7 @@ from indexer.db import (
     make_sessionmaker,
     upgrade_db,
 )
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from indexer.segments import index_files
 from indexer.store import IndexStore
@@ -37,10 +38,11 @@ def _build(world: World, db_url: str, index_dir: Path) -> list[list[int]]:
     """The world's 24 images indexed into `db_url` in commits of 8 (three segments); the ids
     of each commit."""
     upgrade_db(db_url)
-    summary = index_source(
-        world.collection, checkpoint_path=world.checkpoint, index_dir=index_dir, db_url=db_url,
-        batch_size=8, num_workers=0, commit_every=8, device="cpu",
+    options = IndexOptions(
+        index_dir=index_dir, db_url=db_url, batch_size=8, num_workers=0, commit_every=8,
+        device="cpu",
     )  # fmt: skip
+    summary = index_source(world.collection, world.checkpoint, options)
     assert summary.added == len(world.classes) * world.per_class
     engine = make_engine(db_url)
     with make_sessionmaker(engine)() as session:

@@ -132,6 +132,7 @@ async def test_a_delete_during_an_index_run_is_409_without_the_index_path(
 async def test_an_unreadable_scene_is_refused_without_its_server_path(
     world: World, tmp_path: Path, running_app: AppFactory
 ) -> None:
+    from indexer.options import IndexOptions
     from indexer.pipeline import index_source
     from tests.service.test_service_geo import geotiff_dir
 
@@ -140,7 +141,7 @@ async def test_an_unreadable_scene_is_refused_without_its_server_path(
     shutil.copyfile(geotiff_dir(world) / "cogeo.tif", scene)
     index_dir = tmp_path / "srv" / "index"
     index_source(
-        scene, checkpoint_path=world.checkpoint, index_dir=index_dir, num_workers=0, device="cpu"
+        scene, world.checkpoint, IndexOptions(index_dir=index_dir, num_workers=0, device="cpu")
     )
     scene.write_bytes(b"no longer a GeoTIFF")  # the file went bad after indexing
     settings = world.settings(index_dir=index_dir, classifier_checkpoints=[])

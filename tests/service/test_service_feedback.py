@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from tests.conftest import ucm_files
 from tests.helpers import running_app
@@ -35,9 +36,10 @@ async def trained_client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     index_dir = tmp_path_factory.mktemp("feedback-service-index")
     summary = index_source(
-        small_folder, checkpoint_path=trained_checkpoint, index_dir=index_dir, batch_size=16,
-        num_workers=0, device="cpu",
-    )  # fmt: skip
+        small_folder,
+        trained_checkpoint,
+        IndexOptions(index_dir=index_dir, batch_size=16, num_workers=0, device="cpu"),
+    )
     assert summary.added == 40
     settings = world.settings(
         index_dir=index_dir,

@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from indexer.db import upgrade_db
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from tests.helpers import served
 
@@ -71,9 +72,10 @@ def fuzz_target(
         db_url = _postgres_schema(f"rsir_fuzz_{os.getpid()}_{int(with_key)}")
         upgrade_db(db_url)
         index_source(
-            world.collection, checkpoint_path=world.checkpoint, index_dir=index_dir,
-            db_url=db_url, num_workers=0, device="cpu",
-        )  # fmt: skip
+            world.collection,
+            world.checkpoint,
+            IndexOptions(index_dir=index_dir, db_url=db_url, num_workers=0, device="cpu"),
+        )
     settings_ = world.settings(index_dir=index_dir, db_url=db_url)
     with served(create_app(settings_, run_jobs=False)) as base:
         assert httpx.get(base + "/ready", timeout=10).status_code == 200

@@ -24,6 +24,7 @@ from shapely.geometry import shape
 from sqlalchemy import select
 
 from indexer.db import ImageRow, make_engine, make_sessionmaker
+from indexer.options import IndexOptions
 from indexer.pipeline import index_source
 from tests.helpers import running_app
 
@@ -51,9 +52,10 @@ def geo_world(world: World) -> tuple[World, Path]:
         scenes = geotiff_dir(world)
         for source in (scenes / "cogeo.tif", scenes / "RGB.byte.tif", world.collection):
             summary = index_source(
-                source, checkpoint_path=world.checkpoint, index_dir=index_dir, batch_size=16,
-                num_workers=0, device="cpu",
-            )  # fmt: skip
+                source,
+                world.checkpoint,
+                IndexOptions(index_dir=index_dir, batch_size=16, num_workers=0, device="cpu"),
+            )
             assert summary.corrupt == 0, summary
     return world, index_dir
 
