@@ -210,6 +210,7 @@ def evaluate(
     """mAP, mAP@k, P@k and per-class AP of the checkpoint (or, --on-index, of the index as
     built); writes JSON and a PR-curve PNG."""
     from indexer.evaluate import Refinements, evaluate_retrieval, format_results_table
+    from indexer.options import EvaluateOptions
     from rsir_common.progress import progress_bar
 
     settings = get_settings(**overrides)
@@ -227,22 +228,11 @@ def evaluate(
         return
     if settings.checkpoint is None:
         raise _fail("no checkpoint: pass --checkpoint or set RSIR_CHECKPOINT")
+    options = EvaluateOptions.from_settings(settings)
     try:
         with progress_bar("embedding") as progress:
             results = evaluate_retrieval(
-                checkpoint_path=settings.checkpoint,
-                dataset=settings.dataset,
-                root=settings.data_root,
-                out_dir=out,
-                protocol=settings.protocol,
-                seed=settings.seed,
-                per_class=settings.per_class,
-                batch_size=settings.batch_size,
-                num_workers=settings.num_workers,
-                device=settings.device,
-                runtime=settings.runtime,
-                progress=progress,
-                refinements=refinements,
+                settings.checkpoint, out, options, refinements=refinements, progress=progress
             )
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -255,25 +245,19 @@ def _evaluate_index(settings: Settings, out: Path) -> None:
     (its checkpoint: RSIR_CHECKPOINT / --checkpoint if set, else the one it records)."""
     from indexer.evaluate import format_results_table
     from indexer.evaluate_index import evaluate_index
+    from indexer.options import EvaluateOptions
     from indexer.store import ModelMismatchError
     from rsir_common.progress import progress_bar
 
+    options = EvaluateOptions.from_settings(settings)
     try:
         with progress_bar("embedding queries") as progress:
             results = evaluate_index(
-                index_dir=settings.index_dir,
+                settings.index_dir,
+                out,
+                options,
                 db_url=settings.resolved_db_url(),
                 checkpoint_path=settings.checkpoint,
-                dataset=settings.dataset,
-                root=settings.data_root,
-                out_dir=out,
-                protocol=settings.protocol,
-                seed=settings.seed,
-                per_class=settings.per_class,
-                batch_size=settings.batch_size,
-                num_workers=settings.num_workers,
-                device=settings.device,
-                runtime=settings.runtime,
                 progress=progress,
             )
     except (ModelMismatchError, FileNotFoundError, ValueError) as exc:

@@ -26,12 +26,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from indexer.embedding import EmbeddingModel, load_embedding_model
+from indexer.options import EvaluateOptions
 from indexer.plots import plot_pr_curves
 from model.checkpoint import Checkpoint
 from model.datasets import (
     UNREADABLE,
     ImageFolderDataset,
     LabeledImages,
+    Split,
     discover_dataset,
     limit_per_class,
     save_split,
@@ -246,48 +248,47 @@ def load_eval_images(dataset: str, root: Path, per_class: int | None = None) -> 
     return limit_per_class(images, per_class) if per_class else images
 
 
+def evaluation_split(
+    ckpt: Checkpoint, images: LabeledImages, options: EvaluateOptions, out_dir: Path
+) -> Split:
+    """The split an evaluation uses (the options' seed and train fraction where given, else
+    those the checkpoint was trained with), written to out_dir/split.json."""
+    seed = int(ckpt.extra.get("split_seed", 0)) if options.seed is None else options.seed
+    fraction = options.train_fraction
+    fraction = float(ckpt.extra.get("train_fraction", 0.8)) if fraction is None else fraction
+    split = stratified_split(images.labels, fraction, seed)
+    save_split(split, images, out_dir / "split.json")
+    return split
+
+
 def evaluate_retrieval(
-    *,
     checkpoint_path: Path,
-    dataset: str,
-    root: Path,
     out_dir: Path,
-    protocol: str = "split",
-    seed: int | None = None,
-    train_fraction: float | None = None,
-    per_class: int | None = None,
-    batch_size: int = 32,
-    num_workers: int = 2,
-    device: str = "auto",
-    runtime: str = "auto",
+    options: EvaluateOptions,
+    *,
+    refinements: Refinements | None = None,
     cache_dir: Path | None = None,
     progress: ProgressFn | None = None,
-    refinements: Refinements | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a dataset; writes results.json, split.json and pr_curve.png.
 
     The split defaults to the one the checkpoint was trained with (same seed and fraction).
     """
+    protocol = options.protocol
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
-    model, ckpt = load_embedding_model(checkpoint_path, device, runtime)
-    images = load_eval_images(dataset, root, per_class)
-    seed = int(ckpt.extra.get("split_seed", 0)) if seed is None else seed
-    train_fraction = (
-        float(ckpt.extra.get("train_fraction", 0.8)) if train_fraction is None else train_fraction
-    )
-    split = stratified_split(images.labels, train_fraction, seed)
+    model, ckpt = load_embedding_model(checkpoint_path, options.device, options.runtime)
+    images = load_eval_images(options.dataset, options.data_root, options.per_class)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_split(split, images, out_dir / "split.json")
+    split = evaluation_split(ckpt, images, options, out_dir)
 
     refinements = refinements or Refinements()
     vectors, readable = embed_multiscale(
         model,
         images,
         refinements.scales,
-        batch_size,
-        num_workers,
+        options.batch_size,
+        options.num_workers,
         progress,
         cache_dir,
         f"{ckpt.fingerprint}-{model.runtime}",
@@ -318,9 +319,7 @@ def evaluate_retrieval(
             images.class_names,
             exclude_self=True,
         )
-    results = results_document(
-        ckpt, checkpoint_path, images, split.seed, train_fraction, protocol, metrics
-    )
+    results = results_document(ckpt, checkpoint_path, images, split, protocol, metrics)
     results["refinements"] = {**asdict(refinements), "label": refinements.label()}
     results["unreadable"] = [images.relative(images.paths[i]) for i in np.flatnonzero(~readable)]
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
@@ -342,8 +341,7 @@ def results_document(
     ckpt: Checkpoint,
     checkpoint_path: Path,
     images: LabeledImages,
-    seed: int,
-    train_fraction: float,
+    split: Split,
     protocol: str,
     metrics: RetrievalMetrics,
 ) -> dict[str, Any]:
@@ -368,7 +366,7 @@ def results_document(
             "images": len(images),
             "classes": len(images.class_names),
         },
-        "split": {"seed": seed, "train_fraction": train_fraction, "file": "split.json"},
+        "split": {"seed": split.seed, "train_fraction": split.train_fraction, "file": "split.json"},
         "machine": machine_info(),
         "torch_threads": torch.get_num_threads(),
     }

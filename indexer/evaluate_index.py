@@ -29,14 +29,16 @@ from indexer.evaluate import (
     PROTOCOLS,
     ProgressFn,
     embed_paths,
+    evaluation_split,
     load_eval_images,
     merge_metrics,
     results_document,
 )
 from indexer.index_model import read_model_file
+from indexer.options import EvaluateOptions
 from indexer.plots import plot_pr_curves
 from indexer.search import Searcher
-from model.datasets import LabeledImages, save_split, stratified_split
+from model.datasets import LabeledImages
 from model.imageio import ImageDecodeError
 from model.metrics import RetrievalMetrics, evaluate_rankings
 
@@ -91,38 +93,24 @@ def _file_hashes(images: LabeledImages) -> list[str]:
 
 
 def evaluate_index(
-    *,
     index_dir: Path,
-    dataset: str,
-    root: Path,
     out_dir: Path,
+    options: EvaluateOptions,
+    *,
     db_url: str | None = None,
     checkpoint_path: Path | None = None,
-    protocol: str = "split",
-    seed: int | None = None,
-    train_fraction: float | None = None,
-    per_class: int | None = None,
-    batch_size: int = 32,
-    num_workers: int = 2,
-    device: str = "auto",
-    runtime: str = "auto",
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Evaluate the index of `index_dir` with the labelled images of a dataset as queries;
     writes results.json, split.json and pr_curve.png like `evaluate_retrieval`."""
+    protocol = options.protocol
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
-    searcher = Searcher.open(index_dir, checkpoint_path, db_url, device, runtime)
+    searcher = Searcher.open(index_dir, checkpoint_path, db_url, options.device, options.runtime)
     model, ckpt, store = searcher.model, searcher.checkpoint, searcher.store
-    images = load_eval_images(dataset, root, per_class)
-    seed = int(ckpt.extra.get("split_seed", 0)) if seed is None else seed
-    fraction = (
-        float(ckpt.extra.get("train_fraction", 0.8)) if train_fraction is None else (train_fraction)
-    )
-    split = stratified_split(images.labels, fraction, seed)
+    images = load_eval_images(options.dataset, options.data_root, options.per_class)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_split(split, images, out_dir / "split.json")
+    split = evaluation_split(ckpt, images, options, out_dir)
 
     ids, row_labels, row_hashes = gallery_rows(store)
     by_hash = {h: int(i) for i, h in zip(ids, row_hashes, strict=True)}
@@ -132,7 +120,9 @@ def evaluate_index(
         chosen = [i for i, h in zip(chosen, hashes, strict=True) if h in by_hash]
         hashes = [h for h in hashes if h in by_hash]
     queries_set = images.subset(chosen)
-    vectors, readable = embed_paths(model, queries_set, batch_size, num_workers, progress)
+    vectors, readable = embed_paths(
+        model, queries_set, options.batch_size, options.num_workers, progress
+    )
     if not readable.any():
         raise ImageDecodeError(f"none of the {len(queries_set)} query images could be read")
     query_labels = np.asarray(queries_set.labels)[readable]
@@ -153,10 +143,8 @@ def evaluate_index(
     ranked = index_rankings(store, vectors, ids, own)
     metrics = _metrics(ranked, query_labels, gallery_labels, images.class_names, protocol)
 
-    results = results_document(
-        ckpt, searcher_checkpoint(index_dir, checkpoint_path), images, seed, fraction, protocol,
-        metrics,
-    )  # fmt: skip
+    searched_with = searcher_checkpoint(index_dir, checkpoint_path)
+    results = results_document(ckpt, searched_with, images, split, protocol, metrics)
     results["index"] = {
         "dir": str(Path(index_dir).resolve()),
         "fingerprint": store.fingerprint,

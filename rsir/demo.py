@@ -49,7 +49,7 @@ def run_demo(
     """Each step is skipped when its result is already there, so a re-run is quick."""
     from indexer.evaluate import format_results_table
     from indexer.evaluate_index import evaluate_index
-    from indexer.options import IndexOptions
+    from indexer.options import EvaluateOptions, IndexOptions
     from indexer.pipeline import index_source
     from indexer.search import Searcher
     from model.datasets import DatasetNotFoundError, discover_dataset
@@ -110,17 +110,17 @@ def run_demo(
         f"[4/4] evaluating the index as built (queries: 20 % test split, gallery: the other "
         f"indexed images) -> {out}"
     )
+    # The demo's evaluation: UCM by the split protocol, the checkpoint's split, every image.
+    evaluation = EvaluateOptions.from_settings(
+        settings, dataset="ucm", protocol="split", seed=None, per_class=None
+    )
     with progress_bar("embedding the queries") as progress:
         results = evaluate_index(
-            index_dir=settings.index_dir,
-            dataset="ucm",
-            root=settings.data_root,
-            out_dir=out,
+            settings.index_dir,
+            out,
+            evaluation,
             db_url=settings.resolved_db_url(),
             checkpoint_path=checkpoint,
-            batch_size=settings.batch_size,
-            num_workers=settings.num_workers,
-            device=settings.device,
             progress=progress,
         )
     typer.echo(format_results_table(results))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from indexer.options import IndexOptions
+from indexer.options import EvaluateOptions, IndexOptions
 from indexer.scenes import TileOptions
 from rsir_common.settings import Settings
 from service.runner import Handler, JobContext, JobOutcome
@@ -41,20 +41,17 @@ def make_handlers(settings: Settings, retrieval: SearchEngine) -> dict[str, Hand
         checkpoint = retrieval.embedder_checkpoint_for(params.get("model"))
         root = resolve_inside(params["root"], settings.data_root)
         out_dir = job_dir(settings, ctx.claim.id)
-        results = evaluate_retrieval(
-            checkpoint_path=checkpoint,
+        options = EvaluateOptions.from_settings(
+            settings,
             dataset=params["dataset"],
-            root=root,
-            out_dir=out_dir,
+            data_root=root,
             protocol=params.get("protocol", "split"),
             seed=params.get("seed"),
             per_class=params.get("per_class"),
-            batch_size=settings.batch_size,
-            num_workers=settings.num_workers,
-            device=settings.device,
-            runtime=settings.runtime,
-            cache_dir=settings.resolved_cache_dir(),
-            progress=ctx.report,
+        )
+        cache_dir = settings.resolved_cache_dir()
+        results = evaluate_retrieval(
+            checkpoint, out_dir, options, cache_dir=cache_dir, progress=ctx.report
         )
         plot = out_dir / "pr_curve.png"
         return JobOutcome(results, plot.read_bytes() if plot.is_file() else None)

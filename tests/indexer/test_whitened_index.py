@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from indexer.db import ImageRow, make_engine, make_sessionmaker, upgrade_db
 from indexer.embedding import load_embedding_model
 from indexer.evaluate import evaluate_retrieval
+from indexer.options import EvaluateOptions
 from indexer.store import IndexStore
 from model.checkpoint import embedder_checkpoint, load_checkpoint, save_checkpoint
 from model.embedder import EmbedderConfig, build_embedder
@@ -308,15 +309,10 @@ def test_whitened_index_measures_better_than_the_raw_one(
     assert every["n_queries"] == 42 and every["n_gallery"] == 209, every
     assert every["map"] > figures["raw"], every["map"]
     # The raw index gives exactly the checkpoint's own split-protocol figure (Flat is exact).
-    direct = evaluate_retrieval(
-        checkpoint_path=world["checkpoint"],
-        dataset="folder",
-        root=world["folder"],
-        out_dir=tmp_path / "direct",
-        num_workers=0,
-        device="cpu",
-        runtime="torch",
+    options = EvaluateOptions(
+        dataset="folder", data_root=world["folder"], num_workers=0, device="cpu", runtime="torch"
     )
+    direct = evaluate_retrieval(world["checkpoint"], tmp_path / "direct", options)
     assert abs(direct["map"] - figures["raw"]) < 1e-4, (direct["map"], figures)
     print(
         f"UCM 21 x {PER_CLASS} split mAP: raw {figures['raw']:.3f}, "
