@@ -16,6 +16,7 @@ import numpy as np
 
 from indexer.embedding import load_embedding_model
 from indexer.evaluate import ProgressFn, embed_paths, load_eval_images
+from indexer.options import WhitenOptions
 from model.datasets import stratified_split
 from model.imageio import ImageDecodeError
 from model.whitening import Whitening, learn_whitening
@@ -24,38 +25,35 @@ log = logging.getLogger(__name__)
 
 
 def learn_whitening_artifact(
-    *,
     checkpoint_path: Path,
-    dataset: str,
-    root: Path,
-    method: str,
-    dim: int | None,
     out: Path,
-    per_class: int | None = None,
-    train_split: bool = False,
-    batch_size: int = 32,
-    num_workers: int = 2,
-    device: str = "auto",
-    runtime: str = "auto",
+    options: WhitenOptions,
+    *,
     seed: int = 0,
     progress: ProgressFn | None = None,
 ) -> Whitening:
-    """Embed the labelled images with the checkpoint, learn `method` ('lw' or 'pca') reducing
-    to `dim`, save it to `out` bound to the checkpoint's fingerprint, and return it."""
-    model, ckpt = load_embedding_model(checkpoint_path, device, runtime)
-    images = load_eval_images(dataset, root, per_class)
-    if train_split:
+    """Embed the labelled images with the checkpoint, learn `options.whitening_method` ('lw'
+    or 'pca') reducing to `options.whitening_dim`, save it to `out` bound to the checkpoint's
+    fingerprint, and return it."""
+    model, ckpt = load_embedding_model(checkpoint_path, options.device, options.runtime)
+    images = load_eval_images(options.dataset, options.data_root, options.per_class)
+    if options.whitening_train_split:
         split = stratified_split(
             images.labels,
             float(ckpt.extra.get("train_fraction", 0.8)),
             int(ckpt.extra.get("split_seed", 0)),
         )
         images = images.subset(split.train)
-    vectors, readable = embed_paths(model, images, batch_size, num_workers, progress)
+    vectors, readable = embed_paths(
+        model, images, options.batch_size, options.num_workers, progress
+    )
     if not readable.any():
         raise ImageDecodeError(f"none of the {len(images)} images of {images.root} could be read")
     labels = np.asarray(images.labels)[readable]
-    whitening = learn_whitening(method, vectors[readable], labels, dim, ckpt.fingerprint, seed)
+    method = options.whitening_method
+    whitening = learn_whitening(
+        method, vectors[readable], labels, options.whitening_dim, ckpt.fingerprint, seed
+    )
     whitening.save(Path(out))
     log.info(
         "%s whitening %d -> %d learned on %d images for model %s: %s",

@@ -32,6 +32,7 @@ def whiten(
     is bound to the checkpoint's fingerprint (other checkpoints and indexes refuse it)."""
     from pydantic import ValidationError
 
+    from indexer.options import WhitenOptions
     from indexer.whiten import learn_whitening_artifact
     from rsir_common.progress import progress_bar
 
@@ -40,23 +41,10 @@ def whiten(
     except ValidationError as exc:
         typer.secho(f"error: {exc.errors()[0]['msg']}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from None
+    options = WhitenOptions.from_settings(settings)
     try:
         with progress_bar("embedding") as progress:
-            whitening = learn_whitening_artifact(
-                checkpoint_path=checkpoint,
-                dataset=settings.dataset,
-                root=settings.data_root,
-                method=settings.whitening_method,
-                dim=settings.whitening_dim,
-                out=out,
-                per_class=settings.per_class,
-                train_split=settings.whitening_train_split,
-                batch_size=settings.batch_size,
-                num_workers=settings.num_workers,
-                device=settings.device,
-                runtime=settings.runtime,
-                progress=progress,
-            )
+            whitening = learn_whitening_artifact(checkpoint, out, options, progress=progress)
     except (FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from None
