@@ -155,13 +155,7 @@ def search(
     try:
         area = BBox.parse(bbox) if bbox else None
         feedback = Feedback.parse(relevant, not_relevant)
-        searcher = Searcher.open(
-            settings.index_dir,
-            settings.checkpoint,
-            settings.resolved_db_url(),
-            settings.device,
-            settings.runtime,
-        )
+        searcher = Searcher.from_settings(settings)
         engine = searcher.store.engine
         if image is not None:
             query = decode_query(image.read_bytes(), engine, settings.max_pixels)
@@ -246,20 +240,15 @@ def _evaluate_index(settings: Settings, out: Path) -> None:
     from indexer.evaluate import format_results_table
     from indexer.evaluate_index import evaluate_index
     from indexer.options import EvaluateOptions
+    from indexer.search import Searcher
     from indexer.store import ModelMismatchError
     from rsir_common.progress import progress_bar
 
     options = EvaluateOptions.from_settings(settings)
     try:
+        searcher = Searcher.from_settings(settings)
         with progress_bar("embedding queries") as progress:
-            results = evaluate_index(
-                settings.index_dir,
-                out,
-                options,
-                db_url=settings.resolved_db_url(),
-                checkpoint_path=settings.checkpoint,
-                progress=progress,
-            )
+            results = evaluate_index(searcher, out, options, progress=progress)
     except (ModelMismatchError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
     index = results["index"]

@@ -34,7 +34,6 @@ from indexer.evaluate import (
     merge_metrics,
     results_document,
 )
-from indexer.index_model import read_model_file
 from indexer.options import EvaluateOptions
 from indexer.plots import plot_pr_curves
 from indexer.search import Searcher
@@ -93,20 +92,19 @@ def _file_hashes(images: LabeledImages) -> list[str]:
 
 
 def evaluate_index(
-    index_dir: Path,
+    searcher: Searcher,
     out_dir: Path,
     options: EvaluateOptions,
     *,
-    db_url: str | None = None,
-    checkpoint_path: Path | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the index of `index_dir` with the labelled images of a dataset as queries;
-    writes results.json, split.json and pr_curve.png like `evaluate_retrieval`."""
+    """Evaluate the index `searcher` searches, its model embedding the labelled images of a
+    dataset as queries; writes results.json, split.json and pr_curve.png like
+    `evaluate_retrieval`. (The searcher was opened on a device and runtime; the options say
+    the dataset, protocol, split, batches and decoding workers.)"""
     protocol = options.protocol
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
-    searcher = Searcher.open(index_dir, checkpoint_path, db_url, options.device, options.runtime)
     model, ckpt, store = searcher.model, searcher.checkpoint, searcher.store
     images = load_eval_images(options.dataset, options.data_root, options.per_class)
     out_dir = Path(out_dir)
@@ -137,16 +135,15 @@ def evaluate_index(
     else:
         own = np.asarray([by_hash[h] for h in hashes], dtype=np.int64)
     if len(ids) == 0:
-        raise ValueError(f"the index in {index_dir} holds no gallery image for these queries")
+        raise ValueError(f"the index in {store.index_dir} holds no gallery image for these queries")
     name_to_class = {name: c for c, name in enumerate(images.class_names)}
     gallery_labels = np.asarray([name_to_class.get(lab or "", -1) for lab in row_labels])
     ranked = index_rankings(store, vectors, ids, own)
     metrics = _metrics(ranked, query_labels, gallery_labels, images.class_names, protocol)
 
-    searched_with = searcher_checkpoint(index_dir, checkpoint_path)
-    results = results_document(ckpt, searched_with, images, split, protocol, metrics)
+    results = results_document(ckpt, searcher.checkpoint_path, images, split, protocol, metrics)
     results["index"] = {
-        "dir": str(Path(index_dir).resolve()),
+        "dir": str(Path(store.index_dir).resolve()),
         "fingerprint": store.fingerprint,
         "factory": store.factory,
         "dim": model.dim,
@@ -183,12 +180,3 @@ def _metrics(
         for start in range(0, len(ranked), chunk)
     ]
     return merge_metrics(parts, query_labels, class_names)
-
-
-def searcher_checkpoint(index_dir: Path, checkpoint_path: Path | None) -> Path:
-    """The checkpoint file an index search uses: the one given, else the recorded one."""
-    if checkpoint_path is not None:
-        return Path(checkpoint_path)
-    recorded = read_model_file(index_dir)
-    assert recorded is not None  # Searcher.open refused an index without one
-    return Path(recorded["checkpoint"])

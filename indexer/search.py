@@ -19,7 +19,7 @@ from indexer.feedback import Feedback, apply_feedback
 from indexer.index_model import read_model_file, recorded_whitening
 from model.checkpoint import Checkpoint
 from model.whitening import descriptor_fingerprint
-from rsir_common.settings import sqlite_url_for
+from rsir_common.settings import Settings, sqlite_url_for
 
 
 @dataclass
@@ -121,7 +121,13 @@ def ranked_hits(
 class Searcher:
     """A loaded model + index + DB: the resources a query needs, loaded once."""
 
-    def __init__(self, model: EmbeddingModel, checkpoint: Checkpoint, store: VectorIndex) -> None:
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        checkpoint: Checkpoint,
+        store: VectorIndex,
+        checkpoint_path: Path,
+    ) -> None:
         fingerprint = descriptor_fingerprint(checkpoint.fingerprint, model.whitening)
         if fingerprint != store.fingerprint:
             raise ValueError(
@@ -131,6 +137,7 @@ class Searcher:
         self.model = model
         self.checkpoint = checkpoint
         self.store = store
+        self.checkpoint_path = Path(checkpoint_path)  # the file `checkpoint` was loaded from
 
     @classmethod
     def open(
@@ -154,7 +161,19 @@ class Searcher:
         model = model.with_whitening(recorded_whitening(index_dir, ckpt.fingerprint))
         fingerprint = descriptor_fingerprint(ckpt.fingerprint, model.whitening)
         store = open_index(index_dir, make_engine(url), fingerprint=fingerprint)
-        return cls(model, ckpt, store)
+        return cls(model, ckpt, store, checkpoint_path)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, checkpoint_path: Path | None = None) -> Searcher:
+        """The configured index, searched with `checkpoint_path`, else the configured
+        checkpoint, else the one the index records; on the configured device and runtime."""
+        return cls.open(
+            settings.index_dir,
+            checkpoint_path or settings.checkpoint,
+            settings.resolved_db_url(),
+            settings.device,
+            settings.runtime,
+        )
 
     def search_vectors(
         self, vectors: np.ndarray, k: int = 10, label: str | None = None, bbox: BBox | None = None

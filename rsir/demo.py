@@ -114,18 +114,11 @@ def run_demo(
     evaluation = EvaluateOptions.from_settings(
         settings, dataset="ucm", protocol="split", seed=None, per_class=None
     )
+    searcher = Searcher.from_settings(settings, checkpoint)
     with progress_bar("embedding the queries") as progress:
-        results = evaluate_index(
-            settings.index_dir,
-            out,
-            evaluation,
-            db_url=settings.resolved_db_url(),
-            checkpoint_path=checkpoint,
-            progress=progress,
-        )
+        results = evaluate_index(searcher, out, evaluation, progress=progress)
     typer.echo(format_results_table(results))
 
-    searcher = Searcher.open(settings.index_dir, checkpoint, settings.resolved_db_url())
     query_path = (
         ucm.paths[ucm.labels.index(ucm.class_names.index("airplane"))]
         if ("airplane" in ucm.class_names)
