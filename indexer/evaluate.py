@@ -34,8 +34,7 @@ from model.datasets import (
     ImageFolderDataset,
     LabeledImages,
     Split,
-    discover_dataset,
-    limit_per_class,
+    load_dataset,
     save_split,
     stratified_split,
 )
@@ -240,14 +239,6 @@ def merge_metrics(
     )
 
 
-def load_eval_images(dataset: str, root: Path, per_class: int | None = None) -> LabeledImages:
-    """The dataset, or a class-balanced subset of it."""
-    images = discover_dataset(dataset, root)
-    for note in images.notes:
-        log.info(note)
-    return limit_per_class(images, per_class) if per_class else images
-
-
 def evaluation_split(
     ckpt: Checkpoint, images: LabeledImages, options: EvaluateOptions, out_dir: Path
 ) -> Split:
@@ -278,7 +269,7 @@ def evaluate_retrieval(
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
     model, ckpt = load_embedding_model(checkpoint_path, options.device, options.runtime)
-    images = load_eval_images(options.dataset, options.data_root, options.per_class)
+    images = load_dataset(options.dataset, options.data_root, options.per_class)
     out_dir = Path(out_dir)
     split = evaluation_split(ckpt, images, options, out_dir)
 

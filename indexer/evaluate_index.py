@@ -30,14 +30,13 @@ from indexer.evaluate import (
     ProgressFn,
     embed_paths,
     evaluation_split,
-    load_eval_images,
     merge_metrics,
     results_document,
 )
 from indexer.options import EvaluateOptions
 from indexer.plots import plot_pr_curves
 from indexer.search import Searcher
-from model.datasets import LabeledImages
+from model.datasets import LabeledImages, load_dataset
 from model.imageio import ImageDecodeError
 from model.metrics import RetrievalMetrics, evaluate_rankings
 
@@ -106,7 +105,7 @@ def evaluate_index(
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
     model, ckpt, store = searcher.model, searcher.checkpoint, searcher.store
-    images = load_eval_images(options.dataset, options.data_root, options.per_class)
+    images = load_dataset(options.dataset, options.data_root, options.per_class)
     out_dir = Path(out_dir)
     split = evaluation_split(ckpt, images, options, out_dir)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from indexer.embedding import load_embedding_model
-from indexer.evaluate import ProgressFn, embed_paths, load_eval_images
+from indexer.evaluate import ProgressFn, embed_paths
 from indexer.options import WhitenOptions
-from model.datasets import stratified_split
+from model.datasets import load_dataset, stratified_split
 from model.imageio import ImageDecodeError
 from model.whitening import Whitening, learn_whitening
 
@@ -36,7 +36,7 @@ def learn_whitening_artifact(
     or 'pca') reducing to `options.whitening_dim`, save it to `out` bound to the checkpoint's
     fingerprint, and return it."""
     model, ckpt = load_embedding_model(checkpoint_path, options.device, options.runtime)
-    images = load_eval_images(options.dataset, options.data_root, options.per_class)
+    images = load_dataset(options.dataset, options.data_root, options.per_class)
     if options.whitening_train_split:
         split = stratified_split(
             images.labels,

@@ -113,6 +113,14 @@ def discover_dataset(kind: str, root: Path | str) -> LabeledImages:
     return LabeledImages(kind, base, paths, labels, class_names, notes)
 
 
+def load_dataset(kind: str, root: Path | str, per_class: int | None = None) -> LabeledImages:
+    """The dataset (its notes logged), or its class-balanced subset of `per_class` a class."""
+    images = discover_dataset(kind, root)
+    for note in images.notes:
+        log.info(note)
+    return limit_per_class(images, per_class) if per_class else images
+
+
 def limit_per_class(
     images: LabeledImages, per_class: int, classes: Sequence[str] | None = None
 ) -> LabeledImages:

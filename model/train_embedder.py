@@ -37,8 +37,7 @@ from model.checkpoint import atomic_torch_save, embedder_checkpoint, save_checkp
 from model.datasets import (
     UNREADABLE,
     LabeledImages,
-    discover_dataset,
-    limit_per_class,
+    load_dataset,
     save_split,
     stratified_split,
 )
@@ -296,11 +295,7 @@ def train_embedder(
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     device = best_device(cfg.device)
-    images = discover_dataset(cfg.dataset, cfg.root)
-    for note in images.notes:
-        log.info(note)
-    if cfg.per_class:
-        images = limit_per_class(images, cfg.per_class)
+    images = load_dataset(cfg.dataset, cfg.root, cfg.per_class)
     split = stratified_split(images.labels, cfg.train_fraction, cfg.seed)
     train_images = images.subset(split.train)
     preprocessing = Preprocessing.for_backbone(cfg.backbone, cfg.image_size)
