@@ -11,7 +11,7 @@ import typer
 from model.backbones import list_backbones
 from model.datasets import DATASET_KINDS
 from rsir_common.options import DATA_ROOT, SettingOverrides, opt, setting_options
-from rsir_common.settings import Settings, get_settings
+from rsir_common.settings import get_settings
 
 app = typer.Typer()
 DATASET = opt("dataset", help=f"One of {', '.join(DATASET_KINDS)}.")
@@ -49,44 +49,13 @@ def train_classifier_command(
     overrides: SettingOverrides,
 ) -> None:
     """Train a scene classifier on the train part of a seeded stratified split."""
-    from dataclasses import replace
-
     from model.classifiers.evaluation import dataset_for, machine_description, test_report
-    from model.classifiers.registry import get_method
     from model.classifiers.training import TrainConfig, train_classifier
 
     settings = get_settings(**overrides)
-    method = settings.classifier_method
-    dataset_kind = settings.dataset
-    epochs = settings.classifier_max_epochs
-    batch_size = settings.classifier_batch_size
-    split_seed = settings.seed or 0
-    recipe_of = get_method(method).recipe
-    wanted = (
-        [c.strip() for c in settings.classes.split(",") if c.strip()] if settings.classes else None
-    )
-    config = TrainConfig(
-        method=method,
-        backbone=settings.backbone,
-        image_size=settings.image_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=split_seed,
-        train_ratio=settings.train_ratio,
-        attention_epochs=settings.attention_epochs,
-        freeze_stages=settings.freeze_stages,
-        per_class=settings.per_class,
-        classes=wanted,
-        pretrained=settings.pretrained,
-        weights_path=settings.imagenet_weights,
-        device=settings.device,
-        cache_dir=gradcam_cache(settings),
-        num_workers=settings.num_workers,
-        progress=settings.progress,
-    )
-    if settings.classifier_lr is not None:
-        config.recipe = replace(recipe_of(batch_size), lr=settings.classifier_lr)
-    images = dataset_for(dataset_kind, settings.data_root, settings.per_class, wanted)
+    config = TrainConfig.from_settings(settings)
+    method, dataset_kind = config.method, settings.dataset
+    images = dataset_for(dataset_kind, settings.data_root, config.per_class, config.classes)
     trained = train_classifier(images, config, out)
     report = test_report(
         trained.net,
@@ -106,9 +75,9 @@ def train_classifier_command(
         "dataset": dataset_kind,
         "classes": images.class_names,
         "image_size": trained.checkpoint.preprocessing.image_size,
-        "epochs": epochs,
+        "epochs": config.epochs,
         "train_fraction": settings.train_ratio,
-        "split_seeds": [split_seed],
+        "split_seeds": [config.seed],
         "n_train": len(trained.split.train),
         "train_seconds": trained.seconds,
         "test": report.to_dict(),
@@ -133,6 +102,7 @@ def evaluate_classifier_command(
 ) -> None:
     """OA, per-class accuracy and confusion matrix (JSON + PNG), mean +- std over splits."""
     from model.classifiers.evaluation import evaluate_classifier
+    from model.classifiers.training import gradcam_cache
 
     settings = get_settings(**overrides)
     results = evaluate_classifier(
@@ -150,8 +120,3 @@ def evaluate_classifier_command(
         f"{results['method']} on {settings.dataset}: OA {oa['mean']:.4f} +- {oa['std']:.4f} over "
         f"{oa['n']} split(s) {results['split_seeds']}; results in {out / 'results.json'}"
     )
-
-
-def gradcam_cache(settings: Settings) -> Path:
-    """DDRL-AM's Grad-CAM maps: a folder of the one cache folder."""
-    return settings.resolved_cache_dir() / "gradcam"

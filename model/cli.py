@@ -30,30 +30,7 @@ def train(
     """Train the embedder on the train split (80 %); resumes from its last epoch."""
     from model.train_embedder import TrainConfig, train_embedder
 
-    settings = get_settings(**overrides)
-    weights = settings.imagenet_weights
-    cfg = TrainConfig(
-        dataset=settings.dataset,
-        root=str(settings.data_root),
-        backbone=settings.backbone,
-        pooling=settings.pooling,
-        attention=settings.attention,
-        image_size=settings.image_size,
-        batch_size=settings.train_batch_size,
-        max_epochs=settings.max_epochs,
-        ce_epochs=settings.ce_epochs,
-        lr=settings.lr,
-        warmup_steps=settings.warmup_steps,
-        min_scale=settings.min_scale,
-        margin=settings.margin,
-        negatives=settings.negatives,
-        seed=settings.seed or 0,
-        per_class=settings.per_class,
-        num_workers=settings.num_workers,
-        device=settings.device,
-        pretrained=settings.pretrained,
-        imagenet_weights=str(weights) if weights else None,
-    )
+    cfg = TrainConfig.from_settings(get_settings(**overrides))
     path = train_embedder(cfg, out)
     typer.echo(f"checkpoint written to {path}")
 

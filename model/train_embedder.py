@@ -23,7 +23,7 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import faiss
 import numpy as np
@@ -46,6 +46,7 @@ from model.embedder import Embedder, EmbedderConfig, build_embedder
 from model.losses import contrastive_loss
 from model.train_inputs import CachedStageInputs, PixelInputs, TrainInputs, stage_maps
 from model.transforms import Preprocessing
+from rsir_common.settings import FromSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ MINING_CANDIDATES = 128  # nearest neighbours looked at per query for hard negat
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(FromSettings):
     """Everything a training run depends on (saved in its state for resuming)."""
 
     dataset: str
@@ -86,6 +87,23 @@ class TrainConfig:
     device: str = "auto"
     pretrained: bool = True
     imagenet_weights: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> Self:
+        """`rsir train`'s run: the settings of the fields' names, but training's own batch
+        size (train_batch_size), seed 0 unless one is set, and no stage frozen."""
+        weights = settings.imagenet_weights
+        return super().from_settings(
+            settings,
+            **{
+                "root": str(settings.data_root),
+                "batch_size": settings.train_batch_size,
+                "seed": settings.seed or 0,
+                "freeze_stages": 0,
+                "imagenet_weights": str(weights) if weights else None,
+                **overrides,
+            },
+        )
 
     def resolved(self) -> TrainConfig:
         """The same run with its defaults made explicit (backbone, image size)."""

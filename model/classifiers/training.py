@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from model.backbones import default_backbone, get_backbone
 from model.checkpoint import Checkpoint, fingerprint, save_checkpoint
@@ -23,12 +23,13 @@ from model.classifiers.registry import classifier_config, get_method
 from model.datasets import LabeledImages, Split, save_split, stratified_split
 from model.device import best_device
 from model.transforms import Preprocessing
+from rsir_common.settings import FromSettings, Settings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(FromSettings):
     """Everything that decides a trained classifier (stored in its checkpoint).
 
     `backbone` None takes `model.backbones.default_backbone()` (ImageNet weights on every
@@ -60,6 +61,30 @@ class TrainConfig:
     progress: bool = True
     name: str | None = None
 
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> Self:
+        """`rsir train-classifier`'s run: the settings of the fields' names, but the
+        classifier's own method, epochs, batch size and learning rate (classifier_*), seed 0
+        unless one is set, the classes listed, Grad-CAM maps in the one cache folder."""
+        listed = settings.classes
+        classes = [c.strip() for c in listed.split(",") if c.strip()] if listed else None
+        config = super().from_settings(
+            settings,
+            **{
+                "method": settings.classifier_method,
+                "epochs": settings.classifier_max_epochs,
+                "batch_size": settings.classifier_batch_size,
+                "seed": settings.seed or 0,
+                "classes": classes,
+                "weights_path": settings.imagenet_weights,
+                "cache_dir": gradcam_cache(settings),
+                **overrides,
+            },
+        )
+        if settings.classifier_lr is not None:
+            config.recipe = replace(config.resolved_recipe(), lr=settings.classifier_lr)
+        return config
+
     def resolved_recipe(self) -> Recipe:
         """The recipe in force: the given one, else the method's default for this batch size."""
         return self.recipe or get_method(self.method).recipe(self.batch_size)
@@ -90,6 +115,11 @@ class TrainConfig:
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         return cls(**values)
+
+
+def gradcam_cache(settings: Settings) -> Path:
+    """DDRL-AM's Grad-CAM maps: a folder of the one cache folder."""
+    return settings.resolved_cache_dir() / "gradcam"
 
 
 @dataclass
