@@ -261,11 +261,12 @@ def train_ddrl_am(
     """Step 1: fine-tune the attention network (Adam AMSGrad at the base rate) and cache its
     ground-truth-class maps of the training images; step 2: train the two-stream network."""
     del method
-    torch.manual_seed(run.seed)
+    config = run.config
+    torch.manual_seed(config.seed)
     attention, init = build_plain(
-        _attention_config(run.model_config), run.pretrained, run.weights_path
+        _attention_config(run.model_config), config.pretrained, config.weights_path
     )
-    epochs1 = run.attention_epochs if run.attention_epochs is not None else run.epochs
+    epochs1 = config.attention_epochs if config.attention_epochs is not None else config.epochs
     history = run.fit(
         attention,
         "ddrl-am step 1 (attention net)",
@@ -275,7 +276,7 @@ def train_ddrl_am(
     for record in history:
         record["stage"] = "attention"
     net, _ = build_ddrl_am(run.model_config, attention_net=attention)
-    net.prepare_evaluation(run.cache_dir, run.preprocessing)
+    net.prepare_evaluation(config.cache_dir, run.preprocessing)
     net.to(run.device).eval()
     bank = run.bank
     maps = torch.zeros(len(bank), bank.image_size, bank.image_size)
@@ -286,7 +287,7 @@ def train_ddrl_am(
             images, [bank.hashes[i] for i in chosen], bank.labels[chosen].to(run.device)
         ).cpu()
     net.training_maps = maps
-    history2 = run.fit(net, "ddrl-am step 2 (two streams)", seed=run.seed + 1)
+    history2 = run.fit(net, "ddrl-am step 2 (two streams)", seed=config.seed + 1)
     net.training_maps = None
     return net, init, history + history2
 

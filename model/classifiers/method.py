@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -21,6 +21,9 @@ from model.classifiers.base import Batch, Recipe, SceneClassifier, apply_dihedra
 from model.classifiers.data import ImageBank, Sampler, shuffled_batches
 from model.transforms import Preprocessing
 
+if TYPE_CHECKING:  # training.py, which imports this module, defines it
+    from model.classifiers.training import TrainConfig
+
 log = logging.getLogger(__name__)
 
 Builder = Callable[[dict[str, Any], bool, Path | None], tuple[SceneClassifier, str]]
@@ -28,25 +31,18 @@ Builder = Callable[[dict[str, Any], bool, Path | None], tuple[SceneClassifier, s
 
 @dataclass
 class TrainRun:
-    """What a method's trainer gets: the model config, the decoded images, the readable
-    training positions and the run's settings (the method's recipe already resolved)."""
+    """What a method's trainer gets: the run's config, the model config, the decoded images,
+    the readable training positions, and what the config resolves to here (the method's
+    recipe, the device, the preprocessing, the method's batch order)."""
 
+    config: TrainConfig
     model_config: dict[str, Any]
     bank: ImageBank
     train: list[int]
     recipe: Recipe
-    epochs: int
-    batch_size: int
-    seed: int
     device: torch.device
     preprocessing: Preprocessing
     sampler: Sampler = shuffled_batches
-    attention_epochs: int | None = None
-    pretrained: bool = True
-    weights_path: Path | None = None
-    freeze_stages: int = 0
-    cache_dir: Path | None = None
-    progress: bool = True
 
     def fit(
         self,
@@ -58,19 +54,20 @@ class TrainRun:
         seed: int | None = None,
     ) -> list[dict[str, Any]]:
         """`fit` with this run's data and settings (any of recipe, epochs, seed replaced)."""
-        net.freeze_stages(self.freeze_stages)
+        config = self.config
+        net.freeze_stages(config.freeze_stages)
         return fit(
             net,
             self.bank,
             self.train,
             recipe or self.recipe,
-            self.epochs if epochs is None else epochs,
-            self.batch_size,
-            self.seed if seed is None else seed,
+            config.epochs if epochs is None else epochs,
+            config.batch_size,
+            config.seed if seed is None else seed,
             self.device,
             self.preprocessing,
             sampler=self.sampler,
-            progress=self.progress,
+            progress=config.progress,
             description=description,
         )
 
@@ -83,8 +80,8 @@ def train_single_network(
     method: ClassifierMethod, run: TrainRun
 ) -> tuple[SceneClassifier, str, list[dict[str, Any]]]:
     """The usual trainer: build the method's network, fit it once."""
-    torch.manual_seed(run.seed)
-    net, init = method.build(run.model_config, run.pretrained, run.weights_path)
+    torch.manual_seed(run.config.seed)
+    net, init = method.build(run.model_config, run.config.pretrained, run.config.weights_path)
     history = run.fit(net, f"{method.name} ({run.model_config['backbone']})")
     return net, init, history
 

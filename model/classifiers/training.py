@@ -166,24 +166,8 @@ def train_classifier(
     model_config = classifier_config(
         config.method, len(images.class_names), image_size, backbone, **config.options
     )
-    run = TrainRun(
-        model_config=model_config,
-        bank=bank,
-        train=train,
-        recipe=config.resolved_recipe(),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        device=device,
-        preprocessing=prep,
-        sampler=method.sampler,
-        attention_epochs=config.attention_epochs,
-        pretrained=config.pretrained,
-        weights_path=config.weights_path,
-        freeze_stages=config.freeze_stages,
-        cache_dir=config.cache_dir,
-        progress=config.progress,
-    )
+    recipe = config.resolved_recipe()
+    run = TrainRun(config, model_config, bank, train, recipe, device, prep, method.sampler)
     net, init, history = method.train(run)
     net.eval()
     seconds = time.perf_counter() - started
