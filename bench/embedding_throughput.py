@@ -66,19 +66,13 @@ def pipeline(
 ) -> tuple[float, int]:
     """Images/s of `index_source` on a fresh index (DB, FAISS, index file included)."""
     work = Path(tempfile.mkdtemp(prefix="rsir-throughput-"))
+    options = IndexOptions(
+        index_dir=work, batch_size=batch_size, num_workers=workers, commit_every=1024,
+        runtime=runtime,
+    )  # fmt: skip
     try:
         started = time.perf_counter()
-        summary = index_source(
-            source,
-            ckpt_path,
-            IndexOptions(
-                index_dir=work,
-                batch_size=batch_size,
-                num_workers=workers,
-                commit_every=1024,
-                runtime=runtime,
-            ),
-        )
+        summary = index_source(source, ckpt_path, options)
         elapsed = time.perf_counter() - started
         return summary.added / elapsed, summary.added
     finally:

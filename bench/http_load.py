@@ -161,12 +161,9 @@ def build_index(source: Path, checkpoint: Path, index_dir: Path) -> dict[str, An
     from indexer.options import IndexOptions
     from indexer.pipeline import index_source
 
+    options = IndexOptions(index_dir=index_dir, batch_size=32, num_workers=1, device="cpu")
     started = time.perf_counter()
-    summary = index_source(
-        source,
-        checkpoint,
-        IndexOptions(index_dir=index_dir, batch_size=32, num_workers=1, device="cpu"),
-    )
+    summary = index_source(source, checkpoint, options)
     return {
         "seconds": round(time.perf_counter() - started, 1),
         "added": summary.added,

@@ -21,6 +21,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,22 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
             f"{time.monotonic() - started:.0f} s",
             flush=True,
         )
+    # Every run's training recipe; each run sets its dataset, seed and attention.
+    recipe = TrainConfig(
+        dataset="",
+        root=str(DATA_ROOT),
+        backbone=backbone,
+        image_size=args.image_size,
+        ce_epochs=args.ce_epochs,
+        max_epochs=args.metric_epochs,
+        lr=args.lr,
+        freeze_stages=args.freeze_stages,
+        num_workers=args.workers,
+        device=str(device),
+        feature_cache=str(cache),
+        batch_size=args.batch_size,
+        negatives=2,
+    )
     figures: dict[str, Any] = {
         "recipe": {
             "backbone": backbone,
@@ -165,23 +182,7 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
                 ("GeM fine-tuned", False),
                 ("dual attention + GeM fine-tuned", True),
             ):
-                cfg = TrainConfig(
-                    dataset=name,
-                    root=str(DATA_ROOT),
-                    backbone=backbone,
-                    attention=attention,
-                    image_size=args.image_size,
-                    ce_epochs=args.ce_epochs,
-                    max_epochs=args.metric_epochs,
-                    lr=args.lr,
-                    freeze_stages=args.freeze_stages,
-                    seed=seed,
-                    num_workers=args.workers,
-                    device=str(device),
-                    feature_cache=str(cache),
-                    batch_size=args.batch_size,
-                    negatives=2,
-                )
+                cfg = replace(recipe, dataset=name, attention=attention, seed=seed)
                 out = work / f"{name}-{'att' if attention else 'gem'}-seed{seed}.pt"
                 started = time.monotonic()
                 train_embedder(cfg, out)

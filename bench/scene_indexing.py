@@ -103,19 +103,13 @@ def child(scene: Path, checkpoint: Path, workers: int, batch_size: int) -> dict[
     from indexer.pipeline import index_source
 
     work = Path(tempfile.mkdtemp(prefix="rsir-scene-index-"))
+    options = IndexOptions(
+        index_dir=work, batch_size=batch_size, num_workers=workers, device="cpu",
+        commit_every=COMMIT_EVERY,
+    )  # fmt: skip
     try:
         started = time.perf_counter()
-        summary = index_source(
-            scene,
-            checkpoint,
-            IndexOptions(
-                index_dir=work,
-                batch_size=batch_size,
-                num_workers=workers,
-                device="cpu",
-                commit_every=COMMIT_EVERY,
-            ),
-        )
+        summary = index_source(scene, checkpoint, options)
         elapsed = time.perf_counter() - started
     finally:
         shutil.rmtree(work, ignore_errors=True)
