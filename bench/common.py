@@ -1,16 +1,39 @@
-"""Helpers shared by the benchmarks: where the data is, and writing JSON + a markdown report."""
+"""Helpers shared by the benchmarks: where the data is, a timed indexing run into a fresh
+index, and writing JSON + a markdown report."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from indexer.pipeline import IndexSummary
 
 REPO = Path(__file__).resolve().parents[1]
 # RSIR_BENCH_RESULTS: another folder (bench/gpu.sh keeps GPU reports apart from the CPU ones).
 RESULTS = Path(os.environ.get("RSIR_BENCH_RESULTS", REPO / "bench" / "results"))
 DATA_ROOT = Path(os.environ.get("RSIR_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
+
+
+def index_fresh(source: Path, checkpoint: Path, **options: Any) -> tuple[IndexSummary, float]:
+    """Index `source` into a fresh temporary index (removed after) with these IndexOptions;
+    the run's summary and its wall seconds (DB, FAISS and index files included). Imports the
+    indexer when called, so that a benchmark's parent process stays light."""
+    from indexer.options import IndexOptions
+    from indexer.pipeline import index_source
+
+    work = Path(tempfile.mkdtemp(prefix="rsir-bench-index-"))
+    try:
+        started = time.perf_counter()
+        summary = index_source(source, checkpoint, IndexOptions(index_dir=work, **options))
+        return summary, time.perf_counter() - started
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def write_report(name: str, figures: dict[str, Any], markdown: str) -> tuple[Path, Path]:

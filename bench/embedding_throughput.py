@@ -22,10 +22,8 @@ from typing import Any
 
 import torch
 
-from bench.common import DATA_ROOT, write_report
+from bench.common import DATA_ROOT, index_fresh, write_report
 from indexer.embedding import load_embedding_model
-from indexer.options import IndexOptions
-from indexer.pipeline import index_source
 from model.backbones import default_backbone
 from model.checkpoint import embedder_checkpoint, save_checkpoint
 from model.datasets import discover_dataset
@@ -65,18 +63,11 @@ def pipeline(
     ckpt_path: Path, source: Path, batch_size: int, workers: int, runtime: str
 ) -> tuple[float, int]:
     """Images/s of `index_source` on a fresh index (DB, FAISS, index file included)."""
-    work = Path(tempfile.mkdtemp(prefix="rsir-throughput-"))
-    options = IndexOptions(
-        index_dir=work, batch_size=batch_size, num_workers=workers, commit_every=1024,
+    summary, seconds = index_fresh(
+        source, ckpt_path, batch_size=batch_size, num_workers=workers, commit_every=1024,
         runtime=runtime,
     )  # fmt: skip
-    try:
-        started = time.perf_counter()
-        summary = index_source(source, ckpt_path, options)
-        elapsed = time.perf_counter() - started
-        return summary.added / elapsed, summary.added
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return summary.added / seconds, summary.added
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import DATA_ROOT, REPO, write_report
+from bench.common import DATA_ROOT, REPO, index_fresh, write_report
 
 TILE = 256
 COMMIT_EVERY = 512  # tiles per committed index version: the rows and vectors held at once
@@ -99,20 +99,10 @@ def make_checkpoint(path: Path) -> str:
 
 def child(scene: Path, checkpoint: Path, workers: int, batch_size: int) -> dict[str, Any]:
     """Index the scene in this (fresh) process; tiles/s and peak RSS of it and its workers."""
-    from indexer.options import IndexOptions
-    from indexer.pipeline import index_source
-
-    work = Path(tempfile.mkdtemp(prefix="rsir-scene-index-"))
-    options = IndexOptions(
-        index_dir=work, batch_size=batch_size, num_workers=workers, device="cpu",
+    summary, elapsed = index_fresh(
+        scene, checkpoint, batch_size=batch_size, num_workers=workers, device="cpu",
         commit_every=COMMIT_EVERY,
     )  # fmt: skip
-    try:
-        started = time.perf_counter()
-        summary = index_source(scene, checkpoint, options)
-        elapsed = time.perf_counter() - started
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     main_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
     worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {
