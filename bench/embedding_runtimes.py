@@ -83,6 +83,18 @@ def compiled(net: nn.Module, size: int) -> tuple[Any, float]:
     return run, time.perf_counter() - started
 
 
+def calibration_paths(ucm: Any, subset: Any, count: int) -> list[Path]:
+    """int8 calibration images that are not measured: UCM images outside the measured subset,
+    else (all of UCM measured) NWPU-RESISC12 images, class-balanced."""
+    measured = set(subset.paths)
+    spare = [p for p in ucm.paths if p not in measured]
+    if len(spare) < count:
+        nwpu = discover_dataset("nwpu", DATA_ROOT)
+        spare = limit_per_class(nwpu, -(-count // len(nwpu.class_names))).paths
+    step = max(1, len(spare) // count)
+    return list(spare[::step][:count])
+
+
 def measure_model(
     label: str, backbone: str, size: int, args: argparse.Namespace, work: Path
 ) -> list[dict[str, Any]]:
@@ -100,9 +112,7 @@ def measure_model(
     labels = np.asarray(subset.labels)
     split = stratified_split(list(subset.labels), 0.8, 0)
     q, g = np.asarray(split.test), np.asarray(split.train)
-    calib_paths = limit_per_class(ucm, args.per_class + args.calibration // 21).paths
-    calib_paths = [p for p in calib_paths if p not in set(subset.paths)][: args.calibration]
-    calibration = load_batch(ckpt, calib_paths)
+    calibration = load_batch(ckpt, calibration_paths(ucm, subset, args.calibration))
 
     fp32, int8 = work / f"{backbone}-fp32.onnx", work / f"{backbone}-int8.onnx"
     started = time.perf_counter()
@@ -261,7 +271,8 @@ def main() -> None:
         "row (no fine-tuning: the runtimes are compared on the same weights). "
         f"int8: ONNX Runtime static QDQ (model/export.py quantize_int8: convolutions with their "
         f"ReLU6/ReLU, those at the stem's resolution in float; per-channel weights, min-max "
-        f"ranges) calibrated on {rows[0]['calibration_images']} other UCM images; OpenVINO runs "
+        f"ranges) calibrated on {rows[0]['calibration_images']} images not measured (UCM "
+        "outside the subset, else NWPU-RESISC12); OpenVINO runs "
         "the same QDQ graph. torch.compile: inductor, static shapes, one graph for batch 32 and "
         "one for batch 1 (every batch padded to 32); its compile time is in the last column.",
         "",
