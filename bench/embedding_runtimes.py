@@ -316,7 +316,14 @@ def main() -> None:
         "noisy (batch 1 most of all); the ratios to torch eager come from the same run. Speed: "
         f"{args.rounds} interleaved rounds (every runtime once a round, the best round kept), "
         "so that a burst of other work penalises no runtime, the baseline least of all."
-        + parity_note,
+        + parity_note
+        + (
+            " torch.compile's compile seconds in a speed run may come from inductor's on-disk "
+            "cache of an earlier run; the full run's are the cold figures."
+            if args.rates_only
+            else " Speed figures of a loaded run are unreliable whatever the rounds: "
+            "`embedding_runtimes_speed.md` (--rates-only) measures speed alone."
+        ),
         "",
         "Goals (issue 9): default embedder's default runtime >= 5x torch eager at batch 32 and "
         ">= 3x at batch 1; ResNet-50 + attention >= 3x (int8); mAP within 0.005 of torch.",
