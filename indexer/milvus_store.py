@@ -16,7 +16,6 @@ Needs the optional extra `rsir[milvus]` (pymilvus; milvus-lite for a local file 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from sqlalchemy import Engine, delete, func, select
 
 from indexer.db import ImageRow, IndexVersionRow, make_sessionmaker
 from indexer.store import SQL_CHUNK, ModelMismatchError
+from indexer.writer_lock import WriterLock, acquire_if
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class MilvusStore:
         self.version = 0
         self._count = 0
         self._lock = threading.RLock()
-        self._lock_file: int | None = None
+        self._writer_lock: WriterLock | None = None
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -88,18 +88,9 @@ class MilvusStore:
         writable: bool = False,
     ) -> MilvusStore:
         """Connect; create the collection for a new index; refuse another model's collection."""
-        import fcntl
-
         index_dir = Path(index_dir)
         index_dir.mkdir(parents=True, exist_ok=True)
-        lock_fd = None
-        if writable:
-            lock_fd = os.open(index_dir / ".write.lock", os.O_CREAT | os.O_RDWR)
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(lock_fd)
-                raise RuntimeError(f"another process is writing to {index_dir}") from None
+        lock = acquire_if(writable, index_dir)
         try:
             client = _client(uri)
             if client.has_collection(collection):
@@ -121,14 +112,14 @@ class MilvusStore:
                 store = cls(client, collection, engine, fingerprint, dim, index_dir, uri)
                 store._create()
             client.load_collection(collection)
-            store._lock_file = lock_fd
+            store._writer_lock = lock
             if writable:
                 store._reconcile()
             store.reload_if_changed()
             return store
         except BaseException:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            if lock is not None:
+                lock.release()
             raise
 
     def _create(self) -> None:
@@ -200,9 +191,8 @@ class MilvusStore:
 
     def close(self) -> None:
         """Release the writer lock (the client is closed with it)."""
-        if self._lock_file is not None:
-            os.close(self._lock_file)
-            self._lock_file = None
+        if self._writer_lock is not None:
+            self._writer_lock.release()
         self.client.close()
 
     def __enter__(self) -> MilvusStore:

@@ -17,9 +17,7 @@ hold yet (`reload_if_changed`).
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +52,7 @@ from indexer.segments import (
     write_index_file,
     write_vectors_file,
 )
+from indexer.writer_lock import WriterLock, acquire_if
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +159,7 @@ class IndexStore:
         self._writable = False
         self._synced = False
         self._lock = threading.RLock()
-        self._lock_file: int | None = None
+        self._writer_lock: WriterLock | None = None
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -182,14 +181,7 @@ class IndexStore:
         """
         index_dir = Path(index_dir)
         index_dir.mkdir(parents=True, exist_ok=True)
-        lock_fd = None
-        if writable:
-            lock_fd = os.open(index_dir / ".write.lock", os.O_CREAT | os.O_RDWR, 0o644)  # not 0755
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(lock_fd)
-                raise RuntimeError(f"another process is writing to {index_dir}") from None
+        lock = acquire_if(writable, index_dir)
         try:
             with make_sessionmaker(engine)() as session:
                 current = _committed_version(session)
@@ -212,7 +204,7 @@ class IndexStore:
                 if fingerprint is None or dim is None:
                     raise FileNotFoundError(f"no index in {index_dir}: run `rsir index` first")
                 store = cls(index_dir, engine, fingerprint, dim, factory or DEFAULT_FACTORY)
-            store._lock_file = lock_fd
+            store._writer_lock = lock
             store._writable = writable
             store.mmap = mmap
             if writable:
@@ -222,8 +214,8 @@ class IndexStore:
                 store._empty_segment()  # reads the smallest segment: dimension, trained template
             return store
         except BaseException:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            if lock is not None:
+                lock.release()
             raise
 
     def _reconcile(self) -> None:
@@ -261,9 +253,8 @@ class IndexStore:
 
     def close(self) -> None:
         """Release the writer lock."""
-        if self._lock_file is not None:
-            os.close(self._lock_file)
-            self._lock_file = None
+        if self._writer_lock is not None:
+            self._writer_lock.release()
 
     def __enter__(self) -> IndexStore:
         return self
