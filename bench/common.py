@@ -44,3 +44,11 @@ def write_report(name: str, figures: dict[str, Any], markdown: str) -> tuple[Pat
     json_path.write_text(json.dumps(figures, indent=1, default=str))
     md_path.write_text(markdown)
     return json_path, md_path
+
+
+def resolved_runtime(checkpoint: Path, runtime: str) -> str:
+    """What RSIR_RUNTIME=`runtime` runs for this checkpoint on the CPU ('torch',
+    'openvino-fp32', ...): the choice the indexer and the service make (model/runtimes.py)."""
+    from indexer.embedding import load_embedding_model
+
+    return load_embedding_model(checkpoint, "cpu", runtime)[0].runtime

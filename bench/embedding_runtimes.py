@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 
 from bench.common import DATA_ROOT, RESULTS, write_report
 from indexer.evaluate import retrieval_metrics

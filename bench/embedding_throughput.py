@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,9 @@ from typing import Any
 
 import torch
 
-from bench.common import DATA_ROOT, index_fresh, write_report
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+
+from bench.common import DATA_ROOT, index_fresh, resolved_runtime, write_report
 from indexer.embedding import load_embedding_model
 from model.backbones import default_backbone
 from model.checkpoint import embedder_checkpoint, save_checkpoint
@@ -52,11 +55,6 @@ def bare_forward(ckpt_path: Path, tensors: torch.Tensor, batch_size: int, runtim
     for start in range(0, len(tensors), batch_size):
         model.embed_tensors(tensors[start : start + batch_size])
     return len(tensors) / (time.perf_counter() - started)
-
-
-def runtime_name(ckpt_path: Path, runtime: str) -> str:
-    """What `runtime` resolves to for this checkpoint ('torch', 'openvino-fp32', ...)."""
-    return load_embedding_model(ckpt_path, "cpu", runtime)[0].runtime
 
 
 def pipeline(
@@ -94,7 +92,7 @@ def main() -> None:
     # other work on the machine penalises neither side; the ratio uses the best bare rate.
     results: list[dict[str, Any]] = []
     for runtime in args.runtimes:
-        name = runtime_name(ckpt_path, runtime)
+        name = resolved_runtime(ckpt_path, runtime)
         bare_runs: list[float] = []
         runs: list[dict[str, Any]] = []
         for workers in args.workers:

@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
 UCM_SUBDIR = Path("UCMerced_LandUse") / "Images"
+sys.path.insert(0, str(REPO))  # run as a script: bench.common importable
 HOST = "127.0.0.1"  # never anything else: the benchmark must not leave this machine
 
 
@@ -147,13 +148,6 @@ def make_default_checkpoint(path: Path, classes: list[str], data: Path) -> Path:
     for runtime in EXPORT_RUNTIMES:
         export_checkpoint(path, runtime, parity_dir=data)
     return path
-
-
-def resolved_runtime(checkpoint: Path, runtime: str) -> str:
-    """What RSIR_RUNTIME=`runtime` runs for this checkpoint ('torch', 'openvino-fp32', ...)."""
-    from indexer.embedding import load_embedding_model
-
-    return load_embedding_model(checkpoint, "cpu", runtime)[0].runtime
 
 
 def build_index(source: Path, checkpoint: Path, index_dir: Path) -> dict[str, Any]:
@@ -582,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     # single-client level. The cores are shared with other work, so this spreads its noise
     # over both configurations instead of letting it land on one of them.
     keys = [(rt, bs) for rt in args.runtimes for bs in args.batch_sizes]
+    from bench.common import resolved_runtime
+
     resolved = {rt: resolved_runtime(checkpoint, rt) for rt in args.runtimes}
     names = {
         (rt, bs): f"{rt} ({resolved[rt]}), " + (f"batched (max {bs})" if bs > 1 else "batch 1")

@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 
 from bench.common import DATA_ROOT, REPO, RESULTS, write_report
 from indexer.evaluate import Refinements, refine, retrieval_metrics

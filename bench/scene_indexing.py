@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+
 from bench.common import DATA_ROOT, REPO, index_fresh, write_report
 
 TILE = 256
