@@ -69,10 +69,10 @@ from bench.search_faiss import machine_info
 from indexer.factory import auto_factory, lossy, min_training_vectors, nlist_for
 from indexer.segments import (
     LoadedSegment,
+    VectorRows,
     innermost,
     merge_topk,
     read_index_file,
-    read_vectors_file,
     set_search_defaults,
     write_index_file,
     write_vectors_file,
@@ -518,7 +518,7 @@ def search_worker(spec: dict[str, Any]) -> dict[str, Any]:
     index = read_index_file(folder / "segment.faiss")
     set_search_defaults(index)
     vectors_path = folder / "segment.vectors.npy"
-    vectors = read_vectors_file(vectors_path) if vectors_path.exists() else None
+    vectors = VectorRows(vectors_path) if vectors_path.exists() else None
     seg = LoadedSegment.of(1, 1, 1, index, vectors)
     load_s = time.perf_counter() - started
     queries = np.load(spec["queries"])

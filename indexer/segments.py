@@ -79,8 +79,60 @@ def write_vectors_file(parts: list[np.ndarray], final: Path) -> int:
 
 
 def read_vectors_file(path: Path) -> np.ndarray:
-    """A segment's float32 vectors, memory-mapped (read from disk only where a query needs)."""
+    """A segment's float32 vectors, memory-mapped: for reading them whole (compaction)."""
     return np.load(path, mmap_mode="r")
+
+
+class VectorRows:
+    """Rows of a segment's .npy vectors file, read on demand with `pread`.
+
+    Why not a memory map: re-ranking reads a few scattered rows per query, and a memory map
+    faults in pages around every touched row (the kernel's fault-around maps 64 KiB, and
+    MADV_RANDOM does not turn it off), so after a batch of queries the searching process held
+    half of a 10 GB vectors file as resident pages. Read with `pread`, the rows live in the
+    kernel's page cache (shared, reclaimable) and the process holds only what it copied.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - held for the segment's life
+        major, _ = np.lib.format.read_magic(self._file)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(self._file)
+        if fortran or len(shape) != 2:
+            raise ValueError(f"{path}: expected a C-ordered 2-d array, got {shape}")
+        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(dtype)
+        self._offset = self._file.tell()
+        self._row_bytes = self.shape[1] * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: np.ndarray | int) -> np.ndarray:
+        """The rows at the given storage positions (in that order), as a new array."""
+        wanted = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        if wanted.size and (wanted.min() < 0 or wanted.max() >= self.shape[0]):
+            raise IndexError(f"row out of range for {self.path} ({self.shape[0]} rows)")
+        out = np.empty((len(wanted), self.shape[1]), dtype=self.dtype)
+        buffer = out.data.cast("B")
+        fd, size = self._file.fileno(), self._row_bytes
+        for i, row in enumerate(wanted.tolist()):
+            got = os.preadv(fd, [buffer[i * size : (i + 1) * size]], self._offset + row * size)
+            if got != size:
+                raise OSError(f"{self.path}: short read at row {row}")
+        return out[0] if np.ndim(rows) == 0 else out
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __del__(self) -> None:  # a segment dropped on reload closes its file
+        with contextlib.suppress(AttributeError):
+            self._file.close()
 
 
 def read_index_file(path: Path, mmap: bool = False) -> faiss.Index:
@@ -156,7 +208,7 @@ class LoadedSegment:
     index: faiss.Index
     ids: np.ndarray  # sorted external ids held by the file
     dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted tombstones
-    vectors: np.ndarray | None = None  # exact float32 rows in storage order (memory-mapped)
+    vectors: VectorRows | np.ndarray | None = None  # exact float32 rows in storage order
     rerank: int = 10  # with `vectors`: candidates fetched per result, then ranked exactly
     _keep: list[object] = field(default_factory=list, repr=False)
     _alive: faiss.IDSelector | None = field(default=None, repr=False)
@@ -165,7 +217,7 @@ class LoadedSegment:
     @classmethod
     def of(
         cls, seg_id: int, first: int, last: int, index: faiss.Index,
-        vectors: np.ndarray | None = None,
+        vectors: VectorRows | np.ndarray | None = None,
     ) -> LoadedSegment:  # fmt: skip
         """A segment over a loaded index (and its exact vectors, when it keeps them)."""
         storage = index_ids(index)
@@ -230,7 +282,7 @@ class LoadedSegment:
         pos = np.searchsorted(self.ids, np.where(valid, ids, self.ids[0]))
         rows = self._rows[np.minimum(pos, len(self._rows) - 1)]
         unique_rows, inverse = np.unique(rows, return_inverse=True)
-        exact = np.asarray(self.vectors[unique_rows], dtype=np.float32)  # reads only these rows
+        exact = np.asarray(self.vectors[unique_rows], dtype=np.float32)  # only these rows
         scores = np.einsum("qcd,qd->qc", exact[inverse.reshape(rows.shape)], queries)
         scores = np.where(valid, scores, -np.inf).astype(np.float32)
         k = min(k, scores.shape[1])

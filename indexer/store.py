@@ -40,6 +40,7 @@ from indexer.db import (
 from indexer.factory import AUTO, auto_factory, lossy, min_training_vectors
 from indexer.segments import (
     LoadedSegment,
+    VectorRows,
     index_files,
     index_ids,
     merge_segments,
@@ -327,7 +328,7 @@ class IndexStore:
         if self.dim == 0:
             self.dim = int(index.d)
         vectors_path = self.index_dir / vectors_filename(row.filename)
-        vectors = read_vectors_file(vectors_path) if vectors_path.exists() else None
+        vectors = VectorRows(vectors_path) if vectors_path.exists() else None
         seg = LoadedSegment.of(row.id, row.first_version, row.last_version, index, vectors)
         if dead is not None:
             seg.set_dead(dead)

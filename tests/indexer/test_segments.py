@@ -22,6 +22,7 @@ from indexer.db import (
     upgrade_db,
 )
 from indexer.factory import lossy
+from indexer.segments import VectorRows, write_vectors_file
 from indexer.store import IndexStore, new_faiss_index
 
 DIM = 48
@@ -317,7 +318,7 @@ def test_auto_factory_follows_the_archive_size() -> None:
     assert lossy("IVF4096,SQ8") and lossy("IVF8192,PQ64") and not lossy("IVF1024,Flat")
 
 
-def test_compressed_segments_rerank_exactly_from_mapped_vectors(tmp_path: Path) -> None:
+def test_compressed_segments_rerank_exactly_from_vectors_on_disk(tmp_path: Path) -> None:
     arch = Archive(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", factory="IVF4,PQ4")
     store = arch.store
     store.auto_compact = False
@@ -349,7 +350,7 @@ def test_compressed_segments_rerank_exactly_from_mapped_vectors(tmp_path: Path) 
     check(store)
     reader = IndexStore.open(arch.dir, arch.engine)
     seg = reader._ensure_loaded()[0]
-    assert isinstance(seg.vectors, np.memmap)  # on disk, mapped, not read whole
+    assert isinstance(seg.vectors, VectorRows)  # on disk, read row by row, not whole
     check(reader)
     vector = reader.reconstruct(ids[1])
     assert vector is not None
@@ -381,3 +382,36 @@ def test_indexing_trains_on_a_random_sample_of_the_archive(
     engine.dispose()
     assert len(trained_on) >= 30  # 30 x nlist, not the 8 asked for
     assert len({row.label for row in trained_on}) == 4  # drawn from every class, not the first
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_rerank_rows_are_read_without_growing_the_process(tmp_path: Path) -> None:
+    """Scattered rows come back exact, and the process's resident file pages stay flat.
+
+    A memory map here would leave about the whole 64 MiB file resident after 4,000 scattered
+    rows (fault-around maps 64 KiB per touched row); `pread` copies only the rows.
+    """
+    vectors = unit_vectors(64_000, seed=5, dim=256)  # 64 MiB of float32
+    path = tmp_path / "segment-00000001.vectors.npy"
+    write_vectors_file([vectors[:40_000], vectors[40_000:]], path)
+    rows = VectorRows(path)
+    assert len(rows) == 64_000 and rows.shape == (64_000, 256)
+    wanted = np.random.default_rng(0).integers(0, 64_000, 4_000)
+    before = _rss_file_kib()
+    got = rows[wanted]
+    grown_kib = _rss_file_kib() - before
+    np.testing.assert_array_equal(got, vectors[wanted])
+    np.testing.assert_array_equal(rows[17], vectors[17])
+    assert grown_kib < 4 * 1024, f"resident file pages grew by {grown_kib} KiB"
+    with pytest.raises(IndexError):
+        rows[np.array([64_000])]
+    mapped = np.load(path, mmap_mode="r")
+    before = _rss_file_kib()
+    np.asarray(mapped[np.sort(wanted)])
+    assert _rss_file_kib() - before > 8 * grown_kib + 16 * 1024  # what the map would cost
+    rows.close()
