@@ -662,14 +662,16 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Built as one compacted segment with the production code; searched in a separate "
         "process through `LoadedSegment` (compressed codes: the top k x `rerank` candidates "
-        "are re-ranked exactly from the memory-mapped float32 vectors; the store's default "
+        "are re-ranked exactly from the float32 vectors on disk, read row by row with pread "
+        "(indexer/segments.py VectorRows); the store's default "
         "rerank is 10). Single query: 1 thread, one query per call, after 20 warm-up queries; "
         "wall time and, beside it, the thread's CPU time (the work itself: on this loaded "
         "machine the wall time also holds waits for a core). Batched: "
         f"{s['batch_queries']} queries in one call on {s['threads']} thread(s). "
         "Recall@10 against exact search over the same vectors (reduced or full), and against "
         "exact search over the full descriptors. RSS: the searching process's peak (VmHWM) "
-        "and, at the end, its anonymous / file-backed (memory-mapped vectors) parts.",
+        "over the whole run (single queries and every batched pass) and, at the end, its "
+        "anonymous / file-backed parts.",
         "",
         "| vectors | config | factory | nprobe / rerank | build s (train + add) | on disk GB | "
         "RSS peak GiB (anon / file) | single wall p50 / p99 ms (n) | single CPU p50 / p99 ms | "
