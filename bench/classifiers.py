@@ -28,9 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +117,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ucm-per-class", type=int, default=15, help="0: all")
     parser.add_argument("--nwpu-per-class", type=int, default=25, help="0: all")
     parser.add_argument("--nwpu-ratio", type=float, default=0.2)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--workers", type=int, default=2, help="decoding worker processes")
-    parser.add_argument("--runs", nargs="+", default=[r.key for r in RUNS])
-    parser.add_argument("--out", type=Path, default=RESULTS / "classifiers")
+    parser.add_argument(
+        "--runs", nargs="+", default=[r.key for r in RUNS], choices=[r.key for r in RUNS],
+        help="which, in this order (a time-limited run finishes the first ones)",
+    )  # fmt: skip
+    parser.add_argument("--datasets", nargs="+", default=["ucm", "nwpu"], choices=["ucm", "nwpu"])
+    parser.add_argument(
+        "--schedule", choices=["step", "cosine"], default="step",
+        help="the one optimiser's schedule (step: x0.1 every 10 epochs; cosine over the run)",
+    )  # fmt: skip
+    parser.add_argument("--lr", type=float, default=CPU_RECIPE.lr, help="the one optimiser's")
+    parser.add_argument(
+        "--parallel", action="store_true",
+        help="one process per dataset and seed (a GPU serves them at once), merged at the end",
+    )  # fmt: skip
+    parser.add_argument("--limit-s", type=float, default=0, help="--parallel: cut each after")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/...")
     parser.add_argument("--quick", action="store_true", help="smoke run into /tmp")
     parser.add_argument("--full", action="store_true", help="papers' protocol (GPU)")
     parser.add_argument(
@@ -129,11 +144,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.classes, args.ucm_per_class, args.nwpu_per_class = 1, 2, 10, 15
-        args.seeds, args.image_size = [0], 64
-        args.out = Path("/tmp/rsir_bench_classifiers")
+        args.image_size = 64
+        args.out = args.out or Path("/tmp/rsir_bench_classifiers")
     if args.full:
         args.image_size, args.epochs, args.freeze_stages = 0, 40, 0
         args.classes, args.ucm_per_class, args.nwpu_per_class = 0, 0, 0
+    args.seeds = args.seeds if args.seeds is not None else [0]
+    args.out = args.out or RESULTS / "classifiers"
     args.backbone = args.backbone or default_backbone()
     args.image_size = args.image_size or get_backbone(args.backbone).native_size
     return args
@@ -144,7 +161,7 @@ def train_config(run: Run, args: argparse.Namespace, seed: int) -> TrainConfig:
     epochs = args.epochs * run.epoch_factor
     if args.full and run.recipe_of == "lafe":
         epochs = 200  # Shi et al.'s schedule
-    recipe = get_method(run.recipe_of).recipe(args.batch_size) if args.full else CPU_RECIPE
+    recipe = get_method(run.recipe_of).recipe(args.batch_size) if args.full else one_recipe(args)
     return TrainConfig(
         method=run.method,
         backbone=args.backbone,
@@ -160,6 +177,11 @@ def train_config(run: Run, args: argparse.Namespace, seed: int) -> TrainConfig:
     )
 
 
+def one_recipe(args: argparse.Namespace) -> Recipe:
+    """The one optimiser every run shares outside --full (CPU_RECIPE, schedule and lr as asked)."""
+    return replace(CPU_RECIPE, schedule=args.schedule, lr=args.lr)
+
+
 def _signature(config: TrainConfig) -> str:
     """Runs with equal signatures are the same training (PCL's and LAFE's baselines on a CPU)."""
     return json.dumps({k: v for k, v in config.to_dict().items() if k != "name"}, sort_keys=True)
@@ -172,11 +194,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rendered: dict[str, Any] = json.loads(args.render.read_text())
         args.render.with_suffix(".md").write_text(markdown(rendered))
         return rendered
+    if args.parallel:
+        return run_parallel(args, argv or sys.argv[1:])
     torch.set_num_threads(args.threads)
     args.out.with_suffix(".partial.json").unlink(missing_ok=True)
     started = time.perf_counter()
-    datasets = [("ucm", 0.8, args.ucm_per_class), ("nwpu", args.nwpu_ratio, args.nwpu_per_class)]
-    runs = [r for r in RUNS if r.key in args.runs]
+    datasets = [
+        d
+        for d in (("ucm", 0.8, args.ucm_per_class), ("nwpu", args.nwpu_ratio, args.nwpu_per_class))
+        if d[0] in args.datasets
+    ]
+    by_key = {r.key: r for r in RUNS}
+    runs = [by_key[key] for key in dict.fromkeys(args.runs)]  # in the order asked
     results: dict[str, Any] = {"datasets": {}}
     device = best_device("auto")
     for kind, ratio, per_class in datasets:
@@ -187,14 +216,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             images.paths, images.labels, args.image_size, num_workers=args.workers
         )
         figures: dict[str, dict[str, Any]] = {r.key: {"oa": [], "seconds": []} for r in runs}
+        info: dict[str, Any] = {
+            "train_fraction": ratio,
+            "classes": images.class_names,
+            "images": len(images),
+            "unreadable": bank.unreadable,
+            "split_seeds": [],
+        }
         for seed in args.seeds:
             split = stratified_split(images.labels, ratio, seed)
+            info.update(n_train=len(split.train), n_test=len(split.test))
+            info["split_seeds"].append(seed)
             done: dict[str, tuple[float, float, str]] = {}
+            failed: set[str] = set()
             for run in runs:
                 config = train_config(run, args, seed)
                 signature = _signature(config)
+                if signature in failed:
+                    continue
                 if signature not in done:
-                    trained = train_classifier(images, config, bank=bank, split=split)
+                    try:
+                        trained = train_classifier(images, config, bank=bank, split=split)
+                    except Exception as exc:  # one method failing must not lose the others
+                        log.exception("%s seed %d %s failed", kind, seed, run.key)
+                        failed.add(signature)
+                        figures[run.key].setdefault("errors", []).append(
+                            f"seed {seed}: {type(exc).__name__}: {exc}"
+                        )
+                        _save_partial(args.out, kind, info, figures, budget_of(args))
+                        continue
                     report = test_report(
                         trained.net,
                         bank,
@@ -219,35 +269,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     recipe=config.resolved_recipe().to_dict(),
                 )
                 log.info("%s seed %d %s: OA %.4f (%.0f s)", kind, seed, run.key, oa, seconds)
-                _save_partial(args.out, kind, seed, figures)
+                _save_partial(args.out, kind, info, figures, budget_of(args))
         for fig in figures.values():
             fig["oa_mean_std"] = mean_std(fig["oa"])
-        results["datasets"][kind] = {
-            "train_fraction": ratio,
-            "classes": images.class_names,
-            "images": len(images),
-            "unreadable": bank.unreadable,
-            "n_train": len(split.train),
-            "n_test": len(split.test),
-            "split_seeds": args.seeds,
-            "runs": figures,
-        }
+        results["datasets"][kind] = info | {"runs": figures}
     results.update(
-        budget={
-            "backbone": args.backbone,
-            "pretrained": not args.no_pretrained,
-            "image_size": args.image_size,
-            "native_size": get_backbone(args.backbone).native_size,
-            "E_epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "freeze_stages": args.freeze_stages,
-            "classes_per_dataset": args.classes or "all",
-            "ucm_per_class": args.ucm_per_class or "all",
-            "nwpu_per_class": args.nwpu_per_class or "all",
-            "optimizer": "papers' recipes" if args.full else CPU_RECIPE.to_dict(),
-            "torch_threads": args.threads,
-            "full_protocol": args.full,
-        },
+        budget=budget_of(args),
         machine=machine_description(),
         wall_seconds=time.perf_counter() - started,
     )
@@ -258,19 +285,187 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def _save_partial(out: Path, kind: str, seed: int, figures: dict[str, Any]) -> None:
+def budget_of(args: argparse.Namespace) -> dict[str, Any]:
+    """What the runs were given (backbone, sizes, epochs, optimiser), for the report."""
+    return {
+        "backbone": args.backbone,
+        "pretrained": not args.no_pretrained,
+        "image_size": args.image_size,
+        "native_size": get_backbone(args.backbone).native_size,
+        "E_epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "freeze_stages": args.freeze_stages,
+        "classes_per_dataset": args.classes or "all",
+        "ucm_per_class": args.ucm_per_class or "all",
+        "nwpu_per_class": args.nwpu_per_class or "all",
+        "optimizer": "papers' recipes" if args.full else one_recipe(args).to_dict(),
+        "torch_threads": args.threads,
+        "full_protocol": args.full,
+    }
+
+
+def run_parallel(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """One child process per (dataset, seed), all at once, then one merged report.
+
+    Why: on a GPU one small-batch training leaves the device mostly idle (it waits on Python
+    and kernel launches), so six trainings side by side finish in little more than the time of
+    one. Each child keeps its finished runs on disk; a child cut at `--limit-s` still reports
+    them (from its .partial.json).
+    """
+    started = time.perf_counter()
+    passed = _without(argv, {"--parallel": 0, "--out": 1, "--seeds": -1, "--datasets": -1,
+                             "--limit-s": 1})  # fmt: skip
+    children = []
+    for kind in args.datasets:
+        for seed in args.seeds:
+            out = args.out.with_name(f"{args.out.name}-{kind}-seed{seed}")
+            out.with_suffix(".json").unlink(missing_ok=True)
+            command = [sys.executable, __file__, *passed, "--datasets", kind, "--seeds",
+                       str(seed), "--out", str(out)]  # fmt: skip
+            if args.limit_s:
+                command = ["timeout", str(int(args.limit_s)), *command]
+            log_file = out.with_suffix(".log").open("w")
+            child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+            children.append((kind, seed, out, child))
+    parts = []
+    for kind, seed, out, child in children:
+        code = child.wait()
+        if out.with_suffix(".json").is_file():
+            parts.append(json.loads(out.with_suffix(".json").read_text()))
+        elif out.with_suffix(".partial.json").is_file():
+            log.warning("%s seed %d stopped (exit %d): its finished runs only", kind, seed, code)
+            parts.append(_from_partial(json.loads(out.with_suffix(".partial.json").read_text())))
+        else:
+            log.warning("%s seed %d finished no run (exit %d)", kind, seed, code)
+    if not parts:
+        raise SystemExit("no child finished a run; see the .log files beside --out")
+    merged = merge_results(parts)
+    merged["wall_seconds"] = time.perf_counter() - started
+    merged["budget"]["parallel_processes"] = len(children)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(merged, indent=1))
+    args.out.with_suffix(".md").write_text(markdown(merged))
+    log.info("wrote %s.json and .md in %.0f s", args.out, merged["wall_seconds"])
+    return merged
+
+
+def _without(argv: list[str], drop: dict[str, int]) -> list[str]:
+    """`argv` without the named options (and their 1 value, or all values when -1)."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.split("=", 1)[0]
+        if name not in drop:
+            out.append(arg)
+            i += 1
+            continue
+        i += 1
+        if "=" in arg:
+            continue
+        if drop[name] == -1:
+            while i < len(argv) and not argv[i].startswith("--"):
+                i += 1
+        else:
+            i += drop[name]
+    return out
+
+
+def _from_partial(partial: dict[str, Any]) -> dict[str, Any]:
+    """A results-shaped dict from a child's .partial.json (it was cut before its report)."""
+    datasets = {}
+    for kind, done in partial.items():
+        runs = {key: fig | {"oa_mean_std": mean_std(fig["oa"])} for key, fig in done["runs"].items()
+                if fig["oa"]}  # fmt: skip
+        datasets[kind] = done.get("dataset", {}) | {"runs": runs, "cut": True}
+    return {"datasets": datasets, "budget": partial[next(iter(partial))].get("budget", {}),
+            "machine": partial[next(iter(partial))]["machine"], "wall_seconds": 0.0}  # fmt: skip
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from several (each a dataset and seed): per-seed figures joined, in
+    seed order; a run some seeds did not finish keeps the seeds that did."""
+    merged: dict[str, Any] = {"datasets": {}, "budget": dict(parts[0]["budget"]),
+                              "machine": parts[0]["machine"]}  # fmt: skip
+    for part in sorted(parts, key=lambda p: min(
+            d.get("split_seeds", [0])[0] for d in p["datasets"].values())):  # fmt: skip
+        for kind, data in part["datasets"].items():
+            target = merged["datasets"].setdefault(
+                kind, {k: v for k, v in data.items() if k not in ("runs", "split_seeds")}
+                | {"runs": {}, "split_seeds": []},
+            )  # fmt: skip
+            target["split_seeds"] += data.get("split_seeds", [])
+            target["cut"] = bool(target.get("cut")) or bool(data.get("cut"))
+            for key, fig in data["runs"].items():
+                into = target["runs"].setdefault(key, {"oa": [], "seconds": [], "errors": []})
+                into.update({k: v for k, v in fig.items()
+                             if k not in ("oa", "seconds", "errors", "oa_mean_std")})  # fmt: skip
+                into["oa"] += fig["oa"]
+                into["seconds"] += fig["seconds"]
+                into["errors"] += fig.get("errors", [])
+    for data in merged["datasets"].values():
+        for fig in data["runs"].values():
+            fig["oa_mean_std"] = mean_std(fig["oa"])
+    return merged
+
+
+def _save_partial(
+    out: Path, kind: str, info: dict[str, Any], figures: dict[str, Any], budget: dict[str, Any]
+) -> None:
     """Keep each finished run on disk at once: a long run cut short still reports its figures."""
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_suffix(".partial.json")
     done = json.loads(path.read_text()) if path.is_file() else {}
-    done[kind] = {"last_seed": seed, "runs": figures, "machine": machine_description()}
+    done[kind] = {
+        "last_seed": info["split_seeds"][-1],
+        "dataset": {k: v for k, v in info.items()},
+        "runs": figures,
+        "budget": budget,
+        "machine": machine_description(),
+    }
     path.write_text(json.dumps(done, indent=1))
 
 
 def _pm(fig: dict[str, Any]) -> str:
     stats = fig["oa_mean_std"]
-    spread = f" +- {100 * stats['std']:.2f}" if stats["n"] > 1 else " (1 seed)"
+    spread = f" +- {100 * stats['std']:.2f} ({stats['n']} seeds)" if stats["n"] > 1 else " (1 seed)"
     return f"{100 * stats['mean']:.2f}{spread}"
+
+
+def _budget_sentence(budget: dict[str, Any], first: dict[str, Any], machine: dict[str, Any]) -> str:
+    """What a run outside the papers' protocol was given, in words."""
+    optimizer = budget["optimizer"]
+    size, native = budget["image_size"], budget["native_size"]
+    frozen = budget["freeze_stages"]
+    subset = (
+        "all images"
+        if budget["ucm_per_class"] == "all" and budget["nwpu_per_class"] == "all"
+        else f"a class-balanced subset (UCM {budget['ucm_per_class']} images per class, "
+        f"NWPU-RESISC12 {budget['nwpu_per_class']})"
+    )
+    where = (
+        f"on {machine['gpu']}" if machine.get("gpu") else "cut to fit about 20 minutes on 2 cores"
+    )
+    return (
+        f"**Not the papers' protocol** ({where}): {size} x {size} inputs (native {native}); "
+        + (
+            f"the trunk's first {frozen} of 4 stages frozen (ImageNet weights, batch-norm "
+            "statistics kept); "
+            if frozen
+            else "nothing frozen; "
+        )
+        + f"{budget['classes_per_dataset']} classes, {subset}; E = {budget['E_epochs']} "
+        f"epoch(s); batch {budget['batch_size']}; one optimiser for all (Adam AMSGrad, lr "
+        f"{optimizer['lr']:g}, {optimizer['schedule']} schedule"
+        + (" x0.1 every 10 epochs" if optimizer["schedule"] == "step" else " over each run")
+        + f", DDRL-AM's RGB trunk 0.1 x as in its paper); seeds {first['split_seeds']}"
+        + (
+            f", {budget['parallel_processes']} trainings side by side on the device"
+            if budget.get("parallel_processes")
+            else ""
+        )
+        + ". The papers train 40 (DDRL-AM, PCL) to 200 (LAFE) epochs; see the full protocol "
+        "below."
+    )
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -282,7 +477,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Scene classifiers vs the plain baseline (equal budget)",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores (shared with other jobs), "
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, "
         f"torch {machine['torch']} with {budget['torch_threads']} thread(s), "
         f"GPU: {machine['gpu'] or 'none'}. Date: {machine['date']}. "
         f"Wall time: {results['wall_seconds'] / 60:.1f} min.",
@@ -291,21 +486,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     if not budget["full_protocol"]:
-        lines += [
-            "**CPU budget, not the papers' protocol.** Cut to fit about 20 minutes on 2 shared "
-            f"cores: {budget['image_size']} x {budget['image_size']} inputs (the backbone's "
-            f"native size is {budget['native_size']}); the trunk's first "
-            f"{budget['freeze_stages']} of 4 stages frozen (ImageNet weights, batch-norm "
-            "statistics kept), so only the last stage and the methods' heads learn; a "
-            f"class-balanced subset ({budget['classes_per_dataset']} classes; UCM "
-            f"{budget['ucm_per_class']} images per class, NWPU-RESISC12 "
-            f"{budget['nwpu_per_class']} per class); E = {budget['E_epochs']} epoch(s); batch "
-            f"{budget['batch_size']}; one optimiser for all (Adam AMSGrad, lr 1e-3, DDRL-AM's "
-            f"RGB trunk 0.1 x as in its paper); seeds {first['split_seeds']}. The accuracy "
-            "goals of issue 7 (UCM >= 97 %, NWPU-RESISC12 >= 92 %) are for the full protocol "
-            "below; these figures are not comparable to the papers'.",
-            "",
-        ]
+        lines += [_budget_sentence(budget, first, machine), ""]
     lines += [
         "| dataset (train) | method | epochs | OA % | plain baseline epochs | plain OA % | "
         "difference | train s/run |",
@@ -317,6 +498,8 @@ def markdown(results: dict[str, Any]) -> str:
             if method_key not in runs or base_key not in runs:
                 continue
             m, b = runs[method_key], runs[base_key]
+            if not m["oa"] or not b["oa"]:
+                continue  # failed or cut on every seed: said below the table
             diff = 100 * (m["oa_mean_std"]["mean"] - b["oa_mean_std"]["mean"])
             epochs = f"{m['epochs']} + {m['epochs']}" if m["method"] == "ddrl-am" else m["epochs"]
             lines.append(
@@ -325,6 +508,18 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{m['method']} | {epochs} | {_pm(m)} | {b['epochs']} | {_pm(b)} | "
                 f"{diff:+.2f} | {np.mean(m['seconds']):.0f} / {np.mean(b['seconds']):.0f} |"
             )
+    for kind, data in results["datasets"].items():
+        for key, fig in data["runs"].items():
+            for error in fig.get("errors", []):
+                lines.append(f"\n**{kind} {key} failed** ({error}).")
+    cut = [kind for kind, data in results["datasets"].items() if data.get("cut")]
+    if cut:
+        lines += [
+            "",
+            f"**Cut by the time limit** ({', '.join(cut)}): a training process was stopped "
+            "before its last run; each cell gives the seeds that finished (a method and its "
+            "baseline may then differ in seeds).",
+        ]
     lines += [
         "",
         "Each seed is one stratified split and one training seed, shared by a method and its "

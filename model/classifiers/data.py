@@ -56,10 +56,21 @@ class ImageBank:
         self, indices: torch.Tensor | Sequence[int], prep: Preprocessing
     ) -> torch.Tensor:
         """Float images, normalised like `prep.eval_transform()`."""
-        x = self.pixels[torch.as_tensor(indices, dtype=torch.long)].float().div_(255.0)
-        mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
-        std = torch.tensor(prep.std).view(1, 3, 1, 1)
+        index = torch.as_tensor(indices, dtype=torch.long).to(self.pixels.device)
+        x = self.pixels[index].float().div_(255.0)
+        mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
+
+    def to(self, device: torch.device) -> ImageBank:
+        """The same images with pixels and labels on `device` (a GPU: decoded once, sent once,
+        so that batches are cut and normalised there instead of on the host every step)."""
+        if self.pixels.device == device:
+            return self
+        return ImageBank(
+            self.pixels.to(device), self.labels.to(device), self.hashes, self.image_size,
+            self.readable,
+        )  # fmt: skip
 
 
 class _Decode(Dataset[tuple[torch.Tensor, str, bool]]):

@@ -170,6 +170,10 @@ def fit(
     """
     train_indices = bank.usable(train_indices)
     net.to(device)
+    on_gpu = device.type == "cuda"
+    if on_gpu:  # pixels live on the GPU; convolutions in bf16 (no loss scaling needed)
+        bank = bank.to(device)
+        torch.backends.cudnn.benchmark = True
     optimizer, scheduled = optimizer_for(net, recipe)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     generator = torch.Generator().manual_seed(seed)
@@ -199,8 +203,10 @@ def fit(
                 images = torch.stack(
                     [apply_dihedral(img, d) for img, d in zip(images, dihedral, strict=True)]
                 )
-                batch = Batch(images.to(device), bank.labels[index].to(device), index, dihedral)
-                out = net.training_step(batch)
+                labels_here = bank.labels[index.to(bank.labels.device)].to(device)
+                batch = Batch(images.to(device), labels_here, index, dihedral)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+                    out = net.training_step(batch)
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 net.after_backward()
