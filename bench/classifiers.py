@@ -77,9 +77,9 @@ Full protocol (`--full`, on a GPU; papers' recipes, ImageNet initialisation):
 - LAFE: SGD momentum 0.9, wd 5e-4, lr 0.0015 x batch/16, x0.1 every 40 epochs; 200 epochs
   (paper), batch 16, paired sampler. Baseline: plain, same recipe.
 - Command: `{FULL_COMMAND}` (add `--backbone resnet50` after `rsir weights fetch resnet50` for
-  the papers' backbone). Not measured here (this task had no GPU); an estimate of a few
-  GPU-hours for 3 seeds, most of it LAFE and its baseline at 200 epochs. The report names the
-  device it ran on.
+  the papers' backbone). Not run yet: an estimate of a few GPU-hours for 3 seeds, most of it
+  LAFE and its baseline at 200 epochs, more than a 15-minute GPU lease holds. The report names
+  the device it ran on.
 """
 
 
@@ -316,6 +316,7 @@ def run_parallel(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     passed = _without(argv, {"--parallel": 0, "--out": 1, "--seeds": -1, "--datasets": -1,
                              "--limit-s": 1})  # fmt: skip
     children = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for kind in args.datasets:
         for seed in args.seeds:
             out = args.out.with_name(f"{args.out.name}-{kind}-seed{seed}")
