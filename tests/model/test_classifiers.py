@@ -22,7 +22,7 @@ from torch import nn
 from model.backbones import default_backbone, list_backbones
 from model.checkpoint import Checkpoint, fingerprint, save_checkpoint
 from model.classifiers.base import Batch, SceneClassifier, apply_dihedral, random_dihedral
-from model.classifiers.center_loss import CenterLoss, center_optimizer
+from model.classifiers.center_loss import CenterLoss
 from model.classifiers.data import paired_batches
 from model.classifiers.ddrl_am import SFT, GradCamCache, build_ddrl_am, trunk_side
 from model.classifiers.evaluation import classification_report, evaluate_classifier
@@ -131,44 +131,46 @@ def test_center_loss_centers_move_toward_their_class_means() -> None:
     loss = CenterLoss(num_classes=3, dim=4)
     with torch.no_grad():
         loss.centers.normal_(0, 5)
-    optimizer = center_optimizer(loss, lr=0.5)
     features = torch.randn(12, 4) + torch.arange(3).repeat_interleave(4).unsqueeze(1).float() * 3
     labels = torch.arange(3).repeat_interleave(4)
     means = torch.stack([features[labels == c].mean(0) for c in range(3)])
     distances = [(loss.centers.detach() - means).norm(dim=1)]
     for _ in range(20):
-        optimizer.zero_grad()
-        loss(features, labels).backward()
-        optimizer.step()
+        loss.update_centers(features, labels, alpha=0.5)
         distances.append((loss.centers.detach() - means).norm(dim=1))
     for before, after in itertools.pairwise(distances):
-        assert bool((after < before).all())
-    assert float(distances[-1].max()) < 0.05 * float(distances[0].min())
+        # Wen et al.: each step closes alpha * n / (1 + n) = 0.4 of the gap (n = 4 a class)
+        torch.testing.assert_close(after, 0.6 * before)
+    assert float(distances[-1].max()) < 1e-3 * float(distances[0].min())
 
 
-def test_ddrl_am_centers_follow_the_unweighted_center_loss_with_lr_half() -> None:
+def test_ddrl_am_centers_follow_wen_et_al_update_with_alpha_half() -> None:
     torch.manual_seed(0)
     net, _ = build_ddrl_am(classifier_config("ddrl-am", 3, 64, "resnet18"), pretrained=False)
     net.train()
     net.training_maps = torch.rand(6, 64, 64)
-    batch = Batch(torch.randn(6, 3, 64, 64), torch.tensor([0, 0, 1, 1, 2, 2]), torch.arange(6))
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])  # unequal counts: 3, 2, 1
+    batch = Batch(torch.randn(6, 3, 64, 64), labels, torch.arange(6))
+    with torch.no_grad():
+        net.center_loss.centers.normal_(0, 1)
     out = net.training_step(batch)
     out.loss.backward()
-    net.after_backward()
+    assert net.center_loss.centers.grad is None  # not trained by the network's optimiser
     before = net.center_loss.centers.detach().clone()
     with torch.no_grad():
         features = net.fused_features(batch.images, net.training_maps)
-    # d/dc_j of 0.5 * mean_i ||x_i - c_yi||^2 = -(sum_{y_i = j} (x_i - c_j)) / B
-    grad = net.center_loss.centers.grad
-    assert grad is not None
-    expected = torch.stack(
-        [-(features[batch.labels == c] - before[c]).sum(0) / 6 for c in range(3)]
-    )
-    torch.testing.assert_close(grad, expected, rtol=1e-3, atol=1e-3)
     net.after_step()
     moved = net.center_loss.centers.detach()
-    torch.testing.assert_close(moved, before - 0.5 * expected, rtol=1e-3, atol=1e-3)
-    means = torch.stack([features[batch.labels == c].mean(0) for c in range(3)])
+    # c_j - 0.5 * sum_{y_i = j} (c_j - x_i) / (1 + n_j), by hand
+    expected = torch.stack(
+        [
+            before[c]
+            - 0.5 * (before[c] - features[labels == c]).sum(0) / (1 + int((labels == c).sum()))
+            for c in range(3)
+        ]
+    )
+    torch.testing.assert_close(moved, expected, rtol=1e-4, atol=1e-4)
+    means = torch.stack([features[labels == c].mean(0) for c in range(3)])
     assert bool(((moved - means).norm(dim=1) < (before - means).norm(dim=1)).all())
 
 
