@@ -320,13 +320,14 @@ def run_parallel(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     for kind in args.datasets:
         for seed in args.seeds:
             out = args.out.with_name(f"{args.out.name}-{kind}-seed{seed}")
-            out.with_suffix(".json").unlink(missing_ok=True)
+            for stale in (".json", ".partial.json"):  # an earlier run's must not be merged
+                out.with_suffix(stale).unlink(missing_ok=True)
             command = [sys.executable, __file__, *passed, "--datasets", kind, "--seeds",
                        str(seed), "--out", str(out)]  # fmt: skip
             if args.limit_s:
                 command = ["timeout", str(int(args.limit_s)), *command]
-            log_file = out.with_suffix(".log").open("w")
-            child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+            with out.with_suffix(".log").open("w") as log_file:  # the child keeps its copy
+                child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
             children.append((kind, seed, out, child))
     parts = []
     for kind, seed, out, child in children:
