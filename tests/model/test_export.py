@@ -17,7 +17,7 @@ from model.backbones import list_backbones
 from model.checkpoint import Checkpoint, embedder_checkpoint, save_checkpoint
 from model.embedder import EmbedderConfig, build_embedder
 from model.export import ExportError, export_checkpoint, image_files, load_batch
-from model.runtimes import ExportRecord, choose_runtime, exports_dir
+from model.runtimes import PARITY_THRESHOLDS, ExportRecord, choose_runtime, exports_dir
 from model.transforms import Preprocessing
 from tests.conftest import REPO, UCM_IMAGES, make_class_folder
 
@@ -86,12 +86,23 @@ def test_openvino_fp32_matches_torch_on_real_images(tmp_path: Path, images: Path
     assert record.speed["images_per_s"] > 0 and record.speed["torch_images_per_s"] > 0
 
 
+# Mean cosine of the int8 default embedder to torch, below which the export is broken on any
+# CPU. ONNX Runtime's int8 kernels give the same figures everywhere measured (0.99); OpenVINO's
+# depend on the CPU's int8 instructions: 0.994 on an Intel Xeon with VNNI, 0.974 on an AMD EPYC
+# with AVX2 only (where the parity rule then refuses it). Quantizing convolutions without their
+# ReLU6 gave 0.89: the floors catch that.
+INT8_FLOOR = {"onnx": 0.98, "openvino": 0.96}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["onnx", "openvino"])
-def test_default_embedder_int8_passes_parity_on_real_images(runtime: str, tmp_path: Path) -> None:
+def test_default_embedder_int8_parity_on_real_images_decides_its_use(
+    runtime: str, tmp_path: Path
+) -> None:
     """The default embedder (ImageNet EfficientNet-Lite0 + attention + GeM, 224 px) quantized
-    to int8 on 32 real UCM images keeps mean cosine >= 0.98 to torch on 24 others (0.99 when
-    measured; quantizing convolutions without their ReLU6 gave 0.89), and is then used for it."""
+    to int8 on 32 real UCM images stays close to torch on 24 others, and is used for the
+    checkpoint exactly when it passes the parity rule (mean cosine >= 0.98); otherwise torch
+    serves and the reason names the failed check."""
     torch.manual_seed(0)
     net, init = build_embedder(EmbedderConfig("efficientnet_lite0"), pretrained=True)
     path = tmp_path / "default.pt"
@@ -109,10 +120,15 @@ def test_default_embedder_int8_passes_parity_on_real_images(runtime: str, tmp_pa
     )
     assert record.precision == "int8" and record.image_size == 224
     assert record.calibration["images"] == 32 and record.parity["images"] == 24
-    assert record.parity["mean_cosine"] >= 0.98, record.parity
-    assert record.passed
-    # the fingerprint rule: bound to this checkpoint, and used for it
+    mean_cosine = record.parity["mean_cosine"]
+    assert mean_cosine >= INT8_FLOOR[runtime], record.parity
+    assert record.passed == (mean_cosine >= PARITY_THRESHOLDS["int8"])
+    # the fingerprint rule: bound to this checkpoint, used for it only if it passed
     choice = choose_runtime(path, _ckpt(path).fingerprint, runtime, threads=2)
+    if not record.passed:
+        assert choice.name == "torch" and choice.runner is None
+        assert "failed its parity check" in choice.reason, choice.reason
+        return
     assert choice.name == f"{runtime}-int8", choice.reason
     assert choice.runner is not None
     batch = load_batch(_ckpt(path), image_files(UCM_IMAGES, 2, offset=0.25))
