@@ -131,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--lr", type=float, default=CPU_RECIPE.lr, help="the one optimiser's")
     parser.add_argument(
-        "--parallel", action="store_true",
+        "--parallel", action=argparse.BooleanOptionalAction, default=False,
         help="one process per dataset and seed (a GPU serves them at once), merged at the end",
     )  # fmt: skip
     parser.add_argument("--limit-s", type=float, default=0, help="--parallel: cut each after")
@@ -313,8 +313,6 @@ def run_parallel(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     them (from its .partial.json).
     """
     started = time.perf_counter()
-    passed = _without(argv, {"--parallel": 0, "--out": 1, "--seeds": -1, "--datasets": -1,
-                             "--limit-s": 1})  # fmt: skip
     children = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for kind in args.datasets:
@@ -322,8 +320,9 @@ def run_parallel(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             out = args.out.with_name(f"{args.out.name}-{kind}-seed{seed}")
             for stale in (".json", ".partial.json"):  # an earlier run's must not be merged
                 out.with_suffix(stale).unlink(missing_ok=True)
-            command = [sys.executable, __file__, *passed, "--datasets", kind, "--seeds",
-                       str(seed), "--out", str(out)]  # fmt: skip
+            # the caller's options, then this child's: argparse keeps an option's last value
+            command = [sys.executable, __file__, *argv, "--no-parallel", "--datasets", kind,
+                       "--seeds", str(seed), "--out", str(out)]  # fmt: skip
             if args.limit_s:
                 command = ["timeout", str(int(args.limit_s)), *command]
             with out.with_suffix(".log").open("w") as log_file:  # the child keeps its copy
@@ -349,27 +348,6 @@ def run_parallel(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     args.out.with_suffix(".md").write_text(markdown(merged))
     log.info("wrote %s.json and .md in %.0f s", args.out, merged["wall_seconds"])
     return merged
-
-
-def _without(argv: list[str], drop: dict[str, int]) -> list[str]:
-    """`argv` without the named options (and their 1 value, or all values when -1)."""
-    out, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg.split("=", 1)[0]
-        if name not in drop:
-            out.append(arg)
-            i += 1
-            continue
-        i += 1
-        if "=" in arg:
-            continue
-        if drop[name] == -1:
-            while i < len(argv) and not argv[i].startswith("--"):
-                i += 1
-        else:
-            i += drop[name]
-    return out
 
 
 def _from_partial(partial: dict[str, Any]) -> dict[str, Any]:

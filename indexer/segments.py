@@ -208,7 +208,7 @@ class LoadedSegment:
     index: faiss.Index
     ids: np.ndarray  # sorted external ids held by the file
     dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted tombstones
-    vectors: VectorRows | np.ndarray | None = None  # exact float32 rows in storage order
+    vectors: VectorRows | None = None  # exact float32 rows in storage order, on disk
     rerank: int = 10  # with `vectors`: candidates fetched per result, then ranked exactly
     _keep: list[object] = field(default_factory=list, repr=False)
     _alive: faiss.IDSelector | None = field(default=None, repr=False)
@@ -217,7 +217,7 @@ class LoadedSegment:
     @classmethod
     def of(
         cls, seg_id: int, first: int, last: int, index: faiss.Index,
-        vectors: VectorRows | np.ndarray | None = None,
+        vectors: VectorRows | None = None,
     ) -> LoadedSegment:  # fmt: skip
         """A segment over a loaded index (and its exact vectors, when it keeps them)."""
         storage = index_ids(index)

@@ -173,7 +173,6 @@ def fit(
     on_gpu = device.type == "cuda"
     if on_gpu:  # pixels live on the GPU; convolutions in bf16 (no loss scaling needed)
         bank = bank.to(device)
-        torch.backends.cudnn.benchmark = True
     optimizer, scheduled = optimizer_for(net, recipe)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     generator = torch.Generator().manual_seed(seed)
