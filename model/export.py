@@ -4,9 +4,10 @@ Why: depthwise convolutions (EfficientNet-Lite, the default embedder) are slow i
 path and fast in these runtimes. What is exported is what torch serves: for an embedder the
 trunk, dual attention, pooling and L2 normalisation (unit descriptors out); for a classifier its
 deployed network and the softmax (class probabilities out). Batch size is free, image size is
-the checkpoint's. int8 is post-training static quantization (ONNX Runtime's QDQ format, per
-channel, calibrated on real images other than the parity ones); OpenVINO runs the same QDQ graph
-as int8 (`quantize_int8` says which tensors are quantized and why).
+the checkpoint's. int8 is post-training static quantization calibrated on real images other than
+the parity ones, made by each runtime's own tool, because each runtime is fast only on the graph
+it expects: ONNX Runtime's QDQ format for ONNX Runtime (`quantize_int8`), NNCF's FakeQuantize
+graph for OpenVINO (`quantize_openvino_int8`; OpenVINO ran the QDQ graph no faster than fp32).
 
 Every export is checked against torch on real images before it is recorded; the record (JSON
 beside the model) holds the checkpoint fingerprint it is bound to, the parity figures, the
@@ -232,9 +233,67 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 def to_openvino(onnx_path: Path, xml_path: Path) -> None:
-    """OpenVINO IR (.xml + .bin) of an ONNX model; weights stay fp32 (int8 comes from QDQ)."""
+    """OpenVINO IR (.xml + .bin) of an ONNX model; weights stay fp32."""
     ov = importlib.import_module("openvino")
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+
+
+# OpenVINO int8 is NNCF's post-training quantization of the OpenVINO model: FakeQuantize nodes
+# with unsigned activations after ReLU6/ReLU and signed per-channel weights, which OpenVINO's CPU
+# plugin runs on its int8 (VNNI) kernels. The QDQ graph above, with signed asymmetric activations,
+# ran in OpenVINO at fp32 speed (1.0-1.1x). Kept in float, measured on the default embedder
+# (ImageNet EfficientNet-Lite0 + attention + GeM, 224 px; mean cosine to torch on 64 UCM images,
+# 300 others calibrating; Intel Xeon, 2 cores, 2026-11-28; embedding_runtimes_int8.md in
+# bench/results):
+# - GeM (`Power`, `AvgPool`): its cube spreads activations over orders of magnitude that one
+#   int8 scale cannot hold: everything quantized 0.980 (min 0.950), GeM in float 0.991 (0.958).
+# - the convolutions at the stem's resolution, as for ONNX Runtime: 0.9915 (min 0.973).
+# - the attention's activation-by-activation products (`MatMul`, `Softmax`): no measurable
+#   difference at initialisation (the attention starts as the identity), kept in float so that a
+#   fine-tuned attention keeps its arithmetic; a classifier's linear head is a MatMul too.
+# Speed of the result against OpenVINO fp32 in the same run: 1.2-1.3x (Lite0), 2.4-2.5x
+# (ResNet-50).
+OPENVINO_FLOAT_TYPES = ["Power", "AvgPool", "MatMul", "Softmax"]
+
+
+def openvino_stem_resolution_convs(model: Any) -> list[str]:
+    """Friendly names of an OpenVINO model's convolutions whose output has the spatial size of
+    its first convolution's output (static spatial dimensions; the batch may be free)."""
+    convs = [
+        op
+        for op in model.get_ordered_ops()
+        if op.get_type_name() in ("Convolution", "GroupConvolution")
+    ]
+    if not convs:
+        return []
+
+    def spatial(op: Any) -> str:
+        return str(op.get_output_partial_shape(0)[2:])
+
+    stem = spatial(convs[0])
+    return [op.get_friendly_name() for op in convs if spatial(op) == stem]
+
+
+def quantize_openvino_int8(fp32_path: Path, xml_path: Path, calibration: torch.Tensor) -> list[str]:
+    """NNCF post-training int8 of the ONNX model `fp32_path`, saved as OpenVINO IR at
+    `xml_path`, calibrated on `calibration` one image at a time; `OPENVINO_FLOAT_TYPES` and the
+    stem-resolution convolutions stay float. Returns the names of the convolutions kept float."""
+    ov = importlib.import_module("openvino")
+    nncf = importlib.import_module("nncf")
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # an INFO line per unquantized node
+    model = ov.convert_model(str(fp32_path))
+    kept_float = openvino_stem_resolution_convs(model)
+    samples = [calibration[i : i + 1].numpy() for i in range(len(calibration))]
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(samples),
+        subset_size=len(samples),
+        ignored_scope=nncf.IgnoredScope(
+            names=kept_float, types=OPENVINO_FLOAT_TYPES, validate=False
+        ),
+    )
+    ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
+    return kept_float
 
 
 def images_per_s(run: Any, batch: Any, repeats: int = 2) -> float:
@@ -291,25 +350,18 @@ def export_checkpoint(
         fp32 = Path(tmp) / "fp32.onnx"
         log.info("exporting %s to ONNX", checkpoint_path)
         export_onnx(net, size, fp32)
-        source = fp32
+        target = folder / model_name
         if int8:
             assert calibration_dir is not None
             calib_paths = image_files(calibration_dir, calibration_count, exclude=parity_paths)
             calib = load_batch(ckpt, calib_paths)
-            calibration = {
-                "images": len(calib),
-                "folder": str(calibration_dir),
-                "quantized_ops": INT8_OP_TYPES,
-                "ranges": "min-max",
-            }
-            source = Path(tmp) / "int8.onnx"
             log.info("calibrating int8 on %d images", len(calib))
-            calibration["float_convs"] = quantize_int8(fp32, source, calib)
-        target = folder / model_name
-        if runtime == "openvino":
-            to_openvino(source, target)
+            calibration = {"images": len(calib), "folder": str(calibration_dir)}
+            calibration.update(_quantize(runtime, fp32, target, calib))
+        elif runtime == "openvino":
+            to_openvino(fp32, target)
         else:
-            os.replace(source, target)
+            os.replace(fp32, target)
 
     record = ExportRecord(
         fingerprint=ckpt.fingerprint,
@@ -367,9 +419,25 @@ def export_checkpoint(
     return record, record_path
 
 
+def _quantize(runtime: str, fp32: Path, target: Path, calib: torch.Tensor) -> dict[str, Any]:
+    """Write `target` as the int8 model for `runtime`; returns how it was made, for the record."""
+    if runtime == "openvino":
+        kept = quantize_openvino_int8(fp32, target, calib)
+        return {"tool": "nncf", "float_op_types": OPENVINO_FLOAT_TYPES, "float_convs": kept}
+    int8 = target.with_name(target.stem + ".tmp.onnx")
+    kept = quantize_int8(fp32, int8, calib)
+    os.replace(int8, target)
+    return {
+        "tool": "onnxruntime static QDQ",
+        "quantized_ops": INT8_OP_TYPES,
+        "ranges": "min-max",
+        "float_convs": kept,
+    }
+
+
 def _versions() -> dict[str, str]:
     versions: dict[str, str] = {"torch": str(torch.__version__)}
-    for package in ("onnxruntime", "openvino", "onnx"):
+    for package in ("onnxruntime", "openvino", "onnx", "nncf"):
         try:
             versions[package] = str(importlib.import_module(package).__version__)
         except ImportError:

@@ -121,9 +121,10 @@ class OnnxRunner:
 
 class OpenVinoRunner:
     """An OpenVINO CPU model compiled for latency. What is not int8 runs in f32, for int8 models
-    too: OpenVINO would otherwise pick bf16 on CPUs that have it, which is not the checked model,
-    and OpenVINO 2026.4.1 could not compile the default embedder's int8 QDQ graph in bf16 at all
-    on a Xeon with AMX ("No suitable implementations"); in f32 it does."""
+    too: OpenVINO would otherwise pick bf16 on CPUs that have it, which is not the checked model
+    (and was slower: on a Xeon with AVX-512 bf16 but no AMX, the default embedder in bf16 ran at
+    0.66x its f32 speed), and OpenVINO 2026.4.1 could not compile an int8 QDQ graph in bf16 at
+    all on a Xeon with AMX ("No suitable implementations")."""
 
     def __init__(self, path: Path, threads: int, precision: str) -> None:
         ov = importlib.import_module("openvino")
