@@ -2,8 +2,9 @@
 embed, FAISS add, DB rows, index file written) against the bare forward pass of the same
 embedder on already-decoded tensors, same batch size, image size and runtime, in the same run.
 
-Each runtime is measured: torch, and the exports `rsir export` makes (ONNX Runtime and OpenVINO
-fp32, each parity-checked), with `auto` the one the indexer picks by default (RSIR_RUNTIME).
+Each runtime is measured: torch, and the exports `rsir export` makes (ONNX Runtime and OpenVINO,
+fp32 and int8, each parity-checked; int8 calibrated on NWPU-RESISC12 images), with `auto` the one
+the indexer picks by default (RSIR_RUNTIME).
 A runtime several times faster than torch leaves decoding less time to hide in: that is what
 this measures. Goal: ratio >= 0.9 for every runtime, the default one above all.
 Run: .venv/bin/python bench/embedding_throughput.py [--backbone default --runtimes torch auto]
@@ -75,7 +76,12 @@ def main() -> None:
     parser.add_argument("--backbone", default="default", help="'default': the pretrained default")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--runtimes", nargs="+", default=["torch", "auto"])
-    parser.add_argument("--exports", nargs="*", default=["onnx", "openvino"])
+    parser.add_argument(
+        "--exports",
+        nargs="*",
+        default=["onnx-fp32", "openvino-fp32", "onnx-int8", "openvino-int8"],
+        help="what to export first (RUNTIME-PRECISION)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ucm = discover_dataset("ucm", DATA_ROOT)
@@ -85,8 +91,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rsir-ckpt-"))
     ckpt_path = work / "embedder.pt"
     save_checkpoint(embedder_checkpoint(net, pre, [], init, "none"), ckpt_path)
+    calibration = discover_dataset("nwpu", DATA_ROOT).root
     for export in args.exports:  # what `rsir export` makes: parity-checked, timed against torch
-        export_checkpoint(ckpt_path, export, parity_dir=ucm.root)
+        runtime, precision = export.split("-")
+        int8 = precision == "int8"
+        export_checkpoint(
+            ckpt_path, runtime, int8=int8, calibration_dir=calibration if int8 else None,
+            parity_dir=ucm.root,
+        )  # fmt: skip
     tensors = decoded(ckpt_path, ucm.paths)
     # Bare and pipeline runs alternate, and the best of each is kept, so that a burst of
     # other work on the machine penalises neither side; the ratio uses the best bare rate.
@@ -157,7 +169,9 @@ def main() -> None:
             f"All {len(ucm)} UCM images; {backbone} + dual attention + GeM, init {init}, "
             f"{pre.image_size} px, batch {args.batch_size}, {torch.get_num_threads()} threads. "
             "The pipeline run includes listing, reading, SHA-256, decoding and resizing on "
-            "DataLoader workers, the forward pass, FAISS add, the DB rows and the index file. "
+            "DataLoader workers (uint8 batches), normalising, the forward pass, FAISS add, the DB "
+            "rows and the index file; the bare forward is the runtime alone on normalised "
+            "tensors. "
             "`auto` is the runtime the indexer uses by default: the fastest export that passed "
             "its parity check at `rsir export` and beat torch there.",
             "",

@@ -48,17 +48,17 @@ class _EmbedActor:
             Entry(str(p), None if lbl == "" else str(lbl))
             for p, lbl in zip(batch["path"], batch["label"], strict=True)
         ]
-        dataset = _EntryDataset(self.reader, entries, self.model.transform, self.max_pixels)
+        dataset = _EntryDataset(self.reader, entries, self.model.pixel_transform, self.max_pixels)
         items = [dataset[i] for i in range(len(entries))]
-        good = [item.tensor for item in items if item.tensor is not None]
+        good = [item.pixels for item in items if item.pixels is not None]
         vectors = np.zeros((len(items), self.model.dim), np.float32)
         if good:
-            embedded = self.model.embed_tensors(torch.stack(good))
-            vectors[[i for i, item in enumerate(items) if item.tensor is not None]] = embedded
+            embedded = self.model.embed_pixels(torch.stack(good))
+            vectors[[i for i, item in enumerate(items) if item.pixels is not None]] = embedded
         return {
             "order": batch["order"],
             "vector": vectors,
-            "ok": np.asarray([item.tensor is not None for item in items]),
+            "ok": np.asarray([item.pixels is not None for item in items]),
             "hash": np.asarray([item.content_hash for item in items], dtype=object),
             "width": np.asarray([item.width for item in items]),
             "height": np.asarray([item.height for item in items]),

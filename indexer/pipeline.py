@@ -1,7 +1,9 @@
 """Indexing run: list a source, decode on DataLoader workers, embed in batches, add to the store.
 
-Decoding and hashing happen on worker processes while the main process embeds, so reading
-hides behind compute. Entries already in the DB for this model and source are skipped before
+Decoding, hashing and resizing happen on worker processes while the main process embeds, so
+reading hides behind compute; a worker hands on each batch as one uint8 tensor, which the main
+process normalises where the network runs (a quarter of the bytes of float images, and no
+per-image tensor transfers). Entries already in the DB for this model and source are skipped before
 any byte is read, which makes re-runs cheap and interrupted runs resumable.
 """
 
@@ -63,7 +65,7 @@ class IndexSummary:
 @dataclass
 class _Decoded:
     entry: Entry
-    tensor: torch.Tensor | None
+    pixels: torch.Tensor | None  # uint8 3 x S x S; None once stacked into the batch
     content_hash: str
     width: int
     height: int
@@ -73,7 +75,8 @@ class _Decoded:
 
 
 class _EntryDataset(Dataset[_Decoded]):
-    """Reads, hashes and decodes one entry; a bad one becomes an error record, never a crash."""
+    """Reads, hashes, decodes and resizes one entry (`transform`: the model's pixel transform);
+    a bad one becomes an error record, never a crash."""
 
     def __init__(
         self,
@@ -101,17 +104,34 @@ class _EntryDataset(Dataset[_Decoded]):
                 data = self.reader.read(entry.path)
                 digest = hashlib.sha256(data).hexdigest()
                 image = decode_image(data, self.max_pixels)
-            tensor = self.transform(image)
+            pixels = self.transform(image)
             geo = self.reader.geo_columns(entry.path)
-            return _Decoded(entry, tensor, digest, image.width, image.height, None, geo=geo)
+            return _Decoded(entry, pixels, digest, image.width, image.height, None, geo=geo)
         except TileSkipped as exc:
             return _Decoded(entry, None, "", 0, 0, None, skipped=exc.reason)
         except Exception as exc:  # any entry that cannot be read is skipped and counted
             return _Decoded(entry, None, "", 0, 0, str(exc) or type(exc).__name__)
 
 
-def _collate(items: list[_Decoded]) -> list[_Decoded]:
-    return items
+@dataclass
+class _DecodedBatch:
+    """What a decoding worker hands on: every entry's record and the decoded ones' pixels
+    stacked into one uint8 tensor (one transfer a batch, not one an image)."""
+
+    items: list[_Decoded]
+    pixels: torch.Tensor | None
+
+    def pin_memory(self) -> _DecodedBatch:
+        """Called by DataLoader(pin_memory=True), for a CUDA device."""
+        pinned = None if self.pixels is None else self.pixels.pin_memory()
+        return _DecodedBatch(self.items, pinned)
+
+
+def _collate(items: list[_Decoded]) -> _DecodedBatch:
+    good = [item.pixels for item in items if item.pixels is not None]
+    for item in items:
+        item.pixels = None  # sent once, in the stacked tensor
+    return _DecodedBatch(items, torch.stack(good) if good else None)
 
 
 Batches = Iterator[tuple[list[_Decoded], np.ndarray | None]]
@@ -122,7 +142,7 @@ def _local_batches(
 ) -> Batches:
     """Decoded entries (DataLoader workers) and the descriptors of the good ones."""
     loader = DataLoader(
-        _EntryDataset(reader, todo, model.transform, options.max_pixels),
+        _EntryDataset(reader, todo, model.pixel_transform, options.max_pixels),
         batch_size=options.batch_size,
         num_workers=options.num_workers,
         collate_fn=_collate,
@@ -131,8 +151,8 @@ def _local_batches(
         prefetch_factor=4 if options.num_workers else None,
     )
     for batch in loader:
-        good = [item.tensor for item in batch if item.tensor is not None]
-        yield batch, model.embed_tensors(torch.stack(good)) if good else None
+        pixels = batch.pixels
+        yield batch.items, model.embed_pixels(pixels) if pixels is not None else None
 
 
 @dataclass

@@ -36,6 +36,22 @@ class Preprocessing:
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         return cls(int(data["image_size"]), tuple(data["mean"]), tuple(data["std"]))
 
+    def pixel_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """Deterministic resize to the square, as uint8 3 x S x S: what `eval_transform`
+        normalises. Decoding processes hand these on (a quarter of the float bytes) and
+        `normalize` runs once a batch where the model runs."""
+        size = (self.image_size, self.image_size)
+        return T.Compose([T.Resize(size, antialias=True), T.PILToTensor()])
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 N x 3 x S x S (or 3 x S x S) -> float on the same device, bit for bit what
+        `eval_transform`'s ToTensor and Normalize compute."""
+        x = pixels.float().div_(255.0)
+        shape = (3, 1, 1) if x.dim() == 3 else (1, 3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(shape)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
+        return x.sub_(mean).div_(std)
+
     def eval_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """Deterministic: resize to a square, tensor, normalise."""
         return T.Compose(

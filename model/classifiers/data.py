@@ -57,10 +57,7 @@ class ImageBank:
     ) -> torch.Tensor:
         """Float images, normalised like `prep.eval_transform()`."""
         index = torch.as_tensor(indices, dtype=torch.long).to(self.pixels.device)
-        x = self.pixels[index].float().div_(255.0)
-        mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return prep.normalize(self.pixels[index])
 
     def to(self, device: torch.device) -> ImageBank:
         """The same images with pixels and labels on `device` (a GPU: decoded once, sent once,
