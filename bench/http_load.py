@@ -128,9 +128,12 @@ def make_random_checkpoint(path: Path, image_size: int, classes: list[str]) -> P
     return path
 
 
-def make_default_checkpoint(path: Path, classes: list[str], data: Path) -> Path:
+def make_default_checkpoint(
+    path: Path, classes: list[str], data: Path, calibration: Path | None = None
+) -> Path:
     """The pretrained default embedder as a new install has it, with its ONNX Runtime and
-    OpenVINO exports (fp32, parity-checked on real images) beside it, as `rsir export` makes."""
+    OpenVINO exports (fp32, and int8 calibrated on `calibration` when given; parity-checked on
+    real images) beside it, as `rsir export` makes them."""
     from model.backbones import default_backbone
     from model.checkpoint import embedder_checkpoint, save_checkpoint
     from model.embedder import EmbedderConfig, build_embedder
@@ -147,6 +150,10 @@ def make_default_checkpoint(path: Path, classes: list[str], data: Path) -> Path:
     save_checkpoint(ckpt, path)
     for runtime in EXPORT_RUNTIMES:
         export_checkpoint(path, runtime, parity_dir=data)
+        if calibration is not None:
+            export_checkpoint(
+                path, runtime, int8=True, calibration_dir=calibration, parity_dir=data
+            )
     return path
 
 
@@ -544,7 +551,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.checkpoint is None:
         checkpoint = work / "embedder-default-pretrained.pt"
         if not checkpoint.is_file():
-            make_default_checkpoint(checkpoint, classes, source)
+            calibration = args.data_root / "NWPU-RESISC12"  # int8: images it does not search
+            make_default_checkpoint(
+                checkpoint, classes, source, calibration if calibration.is_dir() else None
+            )
         model_source = "the pretrained default embedder, exported by this script"
     else:
         checkpoint = args.checkpoint.resolve()
