@@ -20,7 +20,9 @@ RESULTS = Path(os.environ.get("RSIR_BENCH_RESULTS", REPO / "bench" / "results"))
 DATA_ROOT = Path(os.environ.get("RSIR_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
 
 
-def index_fresh(source: Path, checkpoint: Path, **options: Any) -> tuple[IndexSummary, float]:
+def index_fresh(
+    source: Path, checkpoint: Path, progress: Any = None, **options: Any
+) -> tuple[IndexSummary, float]:
     """Index `source` into a fresh temporary index (removed after) with these IndexOptions;
     the run's summary and its wall seconds (DB, FAISS and index files included). Imports the
     indexer when called, so that a benchmark's parent process stays light."""
@@ -30,7 +32,9 @@ def index_fresh(source: Path, checkpoint: Path, **options: Any) -> tuple[IndexSu
     work = Path(tempfile.mkdtemp(prefix="rsir-bench-index-"))
     try:
         started = time.perf_counter()
-        summary = index_source(source, checkpoint, IndexOptions(index_dir=work, **options))
+        summary = index_source(
+            source, checkpoint, IndexOptions(index_dir=work, **options), progress=progress
+        )
         return summary, time.perf_counter() - started
     finally:
         shutil.rmtree(work, ignore_errors=True)
