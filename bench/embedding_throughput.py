@@ -125,14 +125,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rsir-ckpt-"))
     ckpt_path = work / "embedder.pt"
     save_checkpoint(embedder_checkpoint(net, pre, [], init, "none"), ckpt_path)
-    calibration = discover_dataset("nwpu", DATA_ROOT).root
     for export in args.exports:  # what `rsir export` makes: parity-checked, timed against torch
         runtime, precision = export.split("-")
         int8 = precision == "int8"
+        calibration = discover_dataset("nwpu", DATA_ROOT).root if int8 else None
         export_checkpoint(
-            ckpt_path, runtime, int8=int8, calibration_dir=calibration if int8 else None,
-            parity_dir=ucm.root,
-        )  # fmt: skip
+            ckpt_path, runtime, int8=int8, calibration_dir=calibration, parity_dir=ucm.root
+        )
     tensors = decoded(ckpt_path, ucm.paths)
     decode_ms = decode_cost_ms(ckpt_path, ucm.root)
     # Bare and pipeline runs alternate, and the best of each is kept, so that a burst of
