@@ -251,8 +251,8 @@ def to_openvino(onnx_path: Path, xml_path: Path) -> None:
 # - the attention's activation-by-activation products (`MatMul`, `Softmax`): no measurable
 #   difference at initialisation (the attention starts as the identity), kept in float so that a
 #   fine-tuned attention keeps its arithmetic; a classifier's linear head is a MatMul too.
-# Speed of the result against OpenVINO fp32 in the same run: 1.2-1.3x (Lite0), 2.4-2.5x
-# (ResNet-50).
+# Speed of the result against OpenVINO fp32 in the same run: 1.2-1.7x (Lite0), 2.4-2.8x
+# (ResNet-50); against torch eager 7.3x and 7.2x at batch 32 (embedding_runtimes_speed.md).
 OPENVINO_FLOAT_TYPES = ["Power", "AvgPool", "MatMul", "Softmax"]
 
 
@@ -279,7 +279,10 @@ def quantize_openvino_int8(fp32_path: Path, xml_path: Path, calibration: torch.T
     `xml_path`, calibrated on `calibration` one image at a time; `OPENVINO_FLOAT_TYPES` and the
     stem-resolution convolutions stay float. Returns the names of the convolutions kept float."""
     ov = importlib.import_module("openvino")
-    nncf = importlib.import_module("nncf")
+    try:
+        nncf = importlib.import_module("nncf")
+    except ImportError as exc:
+        raise ExportError(f"OpenVINO int8 needs NNCF: pip install nncf ({exc})") from exc
     logging.getLogger("nncf").setLevel(logging.WARNING)  # an INFO line per unquantized node
     model = ov.convert_model(str(fp32_path))
     kept_float = openvino_stem_resolution_convs(model)

@@ -161,6 +161,21 @@ def _assert_openvino_int8_structure(xml: Path, record: ExportRecord) -> None:
     assert gem and not any(int8_input(op) for op in gem)
 
 
+def test_openvino_int8_without_nncf_is_refused_with_the_reason(
+    exported: tuple[Path, ExportRecord],
+    images: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "nncf", None)  # `import nncf` raises ImportError
+    with pytest.raises(ExportError, match="needs NNCF"):
+        export_checkpoint(
+            exported[0], "openvino", int8=True, calibration_dir=images, calibration_count=4,
+            parity_dir=images, parity_count=4, measure=False, out_dir=tmp_path,
+        )  # fmt: skip
+    assert not list(tmp_path.glob("openvino-int8*"))  # no model, no record
+
+
 def test_calibration_images_are_never_parity_images() -> None:
     parity = image_files(UCM_IMAGES, 64, offset=0.5)
     calibration = image_files(UCM_IMAGES, 300, exclude=parity)
