@@ -109,6 +109,7 @@ def calibration_paths(ucm: Any, subset: Any, count: int) -> list[Path]:
 def measure_model(
     label: str, backbone: str, size: int, args: argparse.Namespace, work: Path
 ) -> list[dict[str, Any]]:
+    torch.manual_seed(0)  # a backbone without ImageNet weights on disk: the same draw every run
     net, init = build_embedder(EmbedderConfig(backbone), pretrained=True)
     net.eval()
     pre = Preprocessing.for_backbone(backbone, size)
