@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from indexer.pipeline import IndexSummary
+    from indexer.pipeline import IndexSummary, ProgressFn
 
 REPO = Path(__file__).resolve().parents[1]
 # RSIR_BENCH_RESULTS: another folder (bench/gpu.sh keeps GPU reports apart from the CPU ones).
@@ -21,7 +21,7 @@ DATA_ROOT = Path(os.environ.get("RSIR_DATA_ROOT", REPO.parent / "shared" / "data
 
 
 def index_fresh(
-    source: Path, checkpoint: Path, progress: Any = None, **options: Any
+    source: Path, checkpoint: Path, progress: ProgressFn | None = None, **options: Any
 ) -> tuple[IndexSummary, float]:
     """Index `source` into a fresh temporary index (removed after) with these IndexOptions;
     the run's summary and its wall seconds (DB, FAISS and index files included). Imports the

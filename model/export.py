@@ -200,7 +200,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: torch.Tensor) -
     shape_inference.quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     try:
         kept_float = stem_resolution_convs(onnx.load(str(prepared), load_external_data=False))
-        with _quiet_root_logger():  # one INFO line per adjusted weight scale otherwise
+        with _quiet_logger():  # one INFO line per adjusted weight scale otherwise
             quantization.quantize_static(
                 str(prepared),
                 str(int8_path),
@@ -220,16 +220,17 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: torch.Tensor) -
 
 
 @contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """ONNX Runtime's quantizer logs through the root logger at INFO (a line for every channel
-    whose weight scale it widens to fit an int32 bias); keep that out of rsir's log."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
+def _quiet_logger(name: str | None = None) -> Iterator[None]:
+    """Raise a logger (the root by default) to WARNING for the block: ONNX Runtime's quantizer
+    logs through the root logger at INFO (a line for every channel whose weight scale it widens
+    to fit an int32 bias) and NNCF a line per node it leaves float; keep that out of rsir's log."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
     try:
         yield
     finally:
-        root.setLevel(level)
+        logger.setLevel(level)
 
 
 def to_openvino(onnx_path: Path, xml_path: Path) -> None:
@@ -283,18 +284,18 @@ def quantize_openvino_int8(fp32_path: Path, xml_path: Path, calibration: torch.T
         nncf = importlib.import_module("nncf")
     except ImportError as exc:
         raise ExportError(f"OpenVINO int8 needs NNCF: pip install nncf ({exc})") from exc
-    logging.getLogger("nncf").setLevel(logging.WARNING)  # an INFO line per unquantized node
     model = ov.convert_model(str(fp32_path))
     kept_float = openvino_stem_resolution_convs(model)
     samples = [calibration[i : i + 1].numpy() for i in range(len(calibration))]
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(samples),
-        subset_size=len(samples),
-        ignored_scope=nncf.IgnoredScope(
-            names=kept_float, types=OPENVINO_FLOAT_TYPES, validate=False
-        ),
-    )
+    with _quiet_logger("nncf"):
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(samples),
+            subset_size=len(samples),
+            ignored_scope=nncf.IgnoredScope(
+                names=kept_float, types=OPENVINO_FLOAT_TYPES, validate=False
+            ),
+        )
     ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
     return kept_float
 
@@ -349,7 +350,8 @@ def export_checkpoint(
     calibration: dict[str, Any] = {}
     parity_paths = image_files(parity_dir, parity_count, offset=0.5)
 
-    with tempfile.TemporaryDirectory(prefix="rsir-export-") as tmp:
+    # Work files beside the exports, so that os.replace never crosses filesystems.
+    with tempfile.TemporaryDirectory(prefix=".rsir-export-", dir=folder) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         log.info("exporting %s to ONNX", checkpoint_path)
         export_onnx(net, size, fp32)
@@ -360,7 +362,7 @@ def export_checkpoint(
             calib = load_batch(ckpt, calib_paths)
             log.info("calibrating int8 on %d images", len(calib))
             calibration = {"images": len(calib), "folder": str(calibration_dir)}
-            calibration.update(_quantize(runtime, fp32, target, calib))
+            calibration.update(_quantize(runtime, fp32, target, calib, Path(tmp)))
         elif runtime == "openvino":
             to_openvino(fp32, target)
         else:
@@ -422,12 +424,15 @@ def export_checkpoint(
     return record, record_path
 
 
-def _quantize(runtime: str, fp32: Path, target: Path, calib: torch.Tensor) -> dict[str, Any]:
-    """Write `target` as the int8 model for `runtime`; returns how it was made, for the record."""
+def _quantize(
+    runtime: str, fp32: Path, target: Path, calib: torch.Tensor, work: Path
+) -> dict[str, Any]:
+    """Write `target` as the int8 model for `runtime` (intermediate files in `work`); returns
+    how it was made, for the record."""
     if runtime == "openvino":
         kept = quantize_openvino_int8(fp32, target, calib)
         return {"tool": "nncf", "float_op_types": OPENVINO_FLOAT_TYPES, "float_convs": kept}
-    int8 = target.with_name(target.stem + ".tmp.onnx")
+    int8 = work / "int8.onnx"
     kept = quantize_int8(fp32, int8, calib)
     os.replace(int8, target)
     return {
